@@ -1,0 +1,33 @@
+# medseg — two commands do everything on a fresh machine:
+#   make demo   built-in synthetic BraTS-like data -> prepare, train, evaluate, export, predict
+#   make test   the test suite
+# Both create (or reuse) the project venv .venv and install medseg with the pins in constraints.txt.
+
+PYTHON      ?= python3
+VENV        ?= .venv
+CONSTRAINTS ?= constraints.txt
+BIN         := $(VENV)/bin
+STAMP       := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-slow venv clean bench docker-test
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/medseg run experiment=demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
+
+clean:
+	rm -rf outputs multirun .cache data/demo .pytest_cache

@@ -1,0 +1,1 @@
+"""Training loop, sliding-window inference and the case predictor."""

@@ -1,0 +1,75 @@
+"""Whole-case prediction: preprocess -> sliding window -> restore onto the source grid.
+
+Used by ``evaluate`` (with the trained network) and ``predict`` (with the exported artifact), so
+both score exactly the same computation. Imports neither MONAI nor Hydra.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from medseg.data.preprocess import PreprocessSpec, preprocess, restore
+from medseg.engine.sliding_window import Network, flip_sets, sliding_window_probs
+
+
+@dataclass
+class CasePrediction:
+    """Result of predicting one case.
+
+    ``label``: ``(X, Y, Z)`` uint8 on the source grid; ``max_foreground_prob``: highest
+    non-background probability anywhere (a detection score); ``seconds``: wall time.
+    """
+
+    label: np.ndarray
+    max_foreground_prob: float
+    seconds: float
+
+
+class CasePredictor:
+    """Predict label maps for raw cases.
+
+    Args:
+        net: network callable on ``(B, C, *patch)`` tensors returning logits.
+        spec: preprocessing the network was trained with.
+        patch_size: sliding-window size.
+        num_classes: output channels (background included).
+        overlap: window overlap fraction.
+        batch_size: windows per network call.
+        tta_axes: spatial axes to mirror for test-time augmentation (all subsets are used).
+    """
+
+    def __init__(self, net: Network, spec: PreprocessSpec, patch_size: Sequence[int], num_classes: int,
+                 overlap: float = 0.5, batch_size: int = 2, tta_axes: Sequence[int] = ()) -> None:
+        self.net = net
+        self.spec = spec
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.num_classes = int(num_classes)
+        self.overlap = float(overlap)
+        self.batch_size = int(batch_size)
+        self.flips = flip_sets(tta_axes)
+
+    def __call__(self, image: np.ndarray, affine: np.ndarray, name: str = "<case>") -> CasePrediction:
+        """Predict one case given its ``(C, X, Y, Z)`` image and voxel -> RAS affine."""
+        start = time.perf_counter()
+        pre, _, geom = preprocess(image, affine, self.spec, name=name)
+        probs = sliding_window_probs(self.net, torch.from_numpy(pre), self.patch_size, self.num_classes,
+                                     overlap=self.overlap, batch_size=self.batch_size, tta_flips=self.flips)
+        max_fg = float(probs[1:].max()) if self.num_classes > 1 else 0.0
+        label = restore(probs, geom)
+        return CasePrediction(label=label, max_foreground_prob=max_fg, seconds=time.perf_counter() - start)
+
+
+def torch_network(module: torch.nn.Module | torch.jit.ScriptModule, device: torch.device) -> Network:
+    """Wrap a module as a CPU-in/CPU-out network callable running on ``device``."""
+    module.eval()
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return module(x.to(device)).float().cpu()
+
+    return net

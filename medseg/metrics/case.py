@@ -1,0 +1,45 @@
+"""All metrics of one case, per region and per label."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from medseg.data.labels import LabelSpec
+from medseg.metrics.overlap import EmptyConvention, dice
+from medseg.metrics.surface import hausdorff
+
+
+def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], labels: LabelSpec,
+                 percentile: float = 95.0, empty: EmptyConvention = EmptyConvention()
+                 ) -> dict[str, dict[str, float]]:
+    """Dice, HD (percentile, mm) and volumes (ml) for every region and every foreground label.
+
+    Args:
+        pred: predicted internal label map.
+        ref: reference internal label map, same grid.
+        spacing: voxel spacing in mm, one per axis of the maps.
+        labels: label names and regions.
+        percentile: Hausdorff percentile (95 for HD95).
+        empty: empty-mask convention.
+
+    Returns:
+        ``{structure: {"dice", "hd95", "volume_pred_ml", "volume_ref_ml"}}``; structures are the
+        region names followed by the label names.
+    """
+    if pred.shape != ref.shape:
+        raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    structures: dict[str, tuple[int, ...]] = dict(labels.regions)
+    structures.update({labels.labels[k].replace(" ", "_").replace("-", "_"): (k,) for k in labels.foreground})
+    out: dict[str, dict[str, float]] = {}
+    for name, codes in structures.items():
+        p, r = np.isin(pred, codes), np.isin(ref, codes)
+        out[name] = {
+            "dice": dice(p, r, empty),
+            "hd95": hausdorff(p, r, spacing, percentile, empty),
+            "volume_pred_ml": float(p.sum()) * voxel_ml,
+            "volume_ref_ml": float(r.sum()) * voxel_ml,
+        }
+    return out

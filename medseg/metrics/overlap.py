@@ -1,0 +1,41 @@
+"""Overlap metrics (Dice) and the empty-mask convention.
+
+Convention (BraTS style, the default): if reference and prediction are both empty, Dice = 1 and
+HD95 = 0 mm; if exactly one is empty, Dice = 0 and HD95 = 373.13 mm (the diagonal of the BraTS
+240 x 240 x 155 mm volume, as the BraTS evaluation uses).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class EmptyConvention:
+    """Values returned when one or both masks are empty."""
+
+    both_empty_dice: float = 1.0
+    both_empty_hd: float = 0.0
+    one_empty_dice: float = 0.0
+    one_empty_hd: float = 373.13
+    name: str = "brats"
+
+    def describe(self) -> str:
+        """One sentence for reports."""
+        return (f"{self.name}: both masks empty -> Dice {self.both_empty_dice:g}, HD {self.both_empty_hd:g} mm; "
+                f"one empty -> Dice {self.one_empty_dice:g}, HD {self.one_empty_hd:g} mm")
+
+
+def dice(pred: np.ndarray, ref: np.ndarray, empty: EmptyConvention = EmptyConvention()) -> float:
+    """Dice similarity coefficient ``2|P∩R| / (|P| + |R|)`` of two boolean masks."""
+    p, r = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
+    if p.shape != r.shape:
+        raise ValueError(f"pred and ref shapes differ: {p.shape} vs {r.shape}")
+    sp, sr = int(p.sum()), int(r.sum())
+    if sp == 0 and sr == 0:
+        return empty.both_empty_dice
+    if sp == 0 or sr == 0:
+        return empty.one_empty_dice
+    return 2.0 * int(np.logical_and(p, r).sum()) / (sp + sr)

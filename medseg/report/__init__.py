@@ -1,0 +1,1 @@
+"""Evaluation reports: figures (matplotlib) and Markdown / self-contained HTML."""

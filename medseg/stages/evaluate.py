@@ -1,0 +1,157 @@
+"""``evaluate``: predict the test split with a checkpoint and score it on the native grid.
+
+Inputs: ``paths.checkpoint`` (``best.pt`` of train) and ``paths.prepared`` (for the test split).
+Outputs: ``predictions/<case>.nii.gz``, ``metrics.json`` (summary per structure, conventions,
+provenance), ``metrics.csv`` (one row per case and structure), ``report.md``, ``report.html``,
+``figures/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from medseg.data.io.nifti import write_nifti
+from medseg.data.labels import LabelSpec
+from medseg.data.preprocess import PreprocessSpec
+from medseg.data.sources import CaseRef, make_source
+from medseg.engine.inference import CasePredictor, torch_network
+from medseg.engine.trainer import load_checkpoint, pick_device
+from medseg.errors import DataError
+from medseg.metrics.case import case_metrics
+from medseg.metrics.overlap import EmptyConvention
+from medseg.models.unet import build_unet
+from medseg.report.figures import boxplot, outline_montage
+from medseg.report.render import write_reports
+from medseg.stages.common import plain, require_path
+from medseg.stages.train import load_prepared
+from medseg.utils.files import atomic_path, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+HD_DEFINITION = ("HD95 = max of the two directed 95th percentiles of surface distances in mm "
+                 "(BraTS / MONAI definition), voxel spacing honoured")
+
+
+def model_from_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the U-Net described by a checkpoint and load its weights."""
+    ckpt = load_checkpoint(path)
+    meta = ckpt["meta"]
+    model = build_unet(meta["model"], int(meta["in_channels"]), int(meta["num_classes"]))
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), meta
+
+
+def predictor_from_checkpoint(path: Path, inf_cfg: dict[str, Any]) -> tuple[CasePredictor, dict[str, Any]]:
+    """A :class:`CasePredictor` running the checkpoint's model eagerly."""
+    if inf_cfg.get("threads"):
+        torch.set_num_threads(int(inf_cfg["threads"]))
+    device = pick_device(str(inf_cfg.get("device", "auto")))
+    model, meta = model_from_checkpoint(path, device)
+    spec = PreprocessSpec.from_json(meta["plan"]["preprocessing"])
+    pred = CasePredictor(torch_network(model, device), spec, meta["patch_size"], int(meta["num_classes"]),
+                         overlap=float(inf_cfg["overlap"]), batch_size=int(inf_cfg["sw_batch_size"]),
+                         tta_axes=inf_cfg.get("tta_flips", []))
+    return pred, meta
+
+
+def aggregate(per_case: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean, median, std, IQR of every metric per structure."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for structure in per_case[0]:
+        out[structure] = {}
+        for metric in per_case[0][structure]:
+            v = np.asarray([c[structure][metric] for c in per_case], dtype=float)
+            q1, q3 = np.percentile(v, [25, 75])
+            out[structure][metric] = {"mean": float(v.mean()), "median": float(np.median(v)),
+                                      "std": float(v.std()), "iqr": float(q3 - q1), "n": int(v.size)}
+    return out
+
+
+def evaluate_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run the evaluate stage (see module docstring)."""
+    checkpoint = require_path(cfg, "checkpoint", "evaluate")
+    prepared = require_path(cfg, "prepared", "evaluate")
+    datalist, plan = load_prepared(prepared)
+    test = datalist["test"]
+    if not test:
+        raise DataError(prepared / "datalist.json", "the test split is empty: nothing to evaluate")
+    inf_cfg = plain(cfg.evaluate.inference)
+    predictor, meta = predictor_from_checkpoint(checkpoint, inf_cfg)
+    labels = LabelSpec.from_json(meta["plan"]["labels"])
+    empty = EmptyConvention(one_empty_hd=float(cfg.evaluate.empty_hd_mm))
+    src = plan["source"]
+    source = make_source(src["kind"], src["root"], convention=src["convention"])
+    per_case, rows, shown = [], [], []
+    for entry in test:
+        ref = CaseRef(name=entry["name"], images=tuple(Path(p) for p in entry["source_images"]),
+                      label=Path(entry["source_label"]), split="test")
+        case = source.load(ref)
+        pred = predictor(case.image, case.affine, name=entry["name"])
+        with atomic_path(out_dir / "predictions" / f"{entry['name']}.nii.gz") as tmp:
+            write_nifti(tmp, pred.label, case.affine)
+        m = case_metrics(pred.label, case.label, case.spacing, labels,
+                         float(cfg.evaluate.hd_percentile), empty)
+        per_case.append(m)
+        for structure, vals in m.items():
+            rows.append({"case": entry["name"], "structure": structure, **vals,
+                         "max_foreground_prob": pred.max_foreground_prob, "seconds": pred.seconds})
+        shown.append((entry["name"], case, pred.label, m))
+        log.info("evaluate %s: %s (%.1f s)", entry["name"],
+                 ", ".join(f"{r} Dice {m[r]['dice']:.3f}" for r in labels.regions), pred.seconds)
+    summary = aggregate(per_case)
+    _write_csv(out_dir / "metrics.csv", rows)
+    model_sha = sha256_file(checkpoint)
+    result = {
+        "convention": {"empty": empty.describe(), "hd": HD_DEFINITION,
+                       "grid": "native grid of each source image (predictions restored from the model grid)"},
+        "regions": {k: list(v) for k, v in labels.regions.items()},
+        "summary": summary,
+        "cases": [{"case": e["name"], **m} for e, m in zip(test, per_case)],
+        "model_sha256": model_sha,
+        "checkpoint": str(checkpoint),
+        "n_cases": len(test),
+    }
+    write_json(out_dir / "metrics.json", result)
+    _report(out_dir, summary, per_case, test, shown, labels, empty, model_sha, int(cfg.evaluate.n_figures))
+    for region in labels.regions:
+        log.info("test %-16s Dice %.4f (median %.4f), HD95 %.2f mm", region,
+                 summary[region]["dice"]["mean"], summary[region]["dice"]["median"], summary[region]["hd95"]["mean"])
+    return {"n_cases": len(test),
+            "dice": {r: summary[r]["dice"]["mean"] for r in labels.regions},
+            "hd95_mm": {r: summary[r]["hd95"]["mean"] for r in labels.regions},
+            "metrics": str(out_dir / "metrics.json")}
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _report(out_dir: Path, summary: dict, per_case: list, test: list, shown: list, labels: LabelSpec,
+            empty: EmptyConvention, model_sha: str, n_figures: int) -> None:
+    regions = list(labels.regions)
+    figures = [("Dice per structure (one dot per case)",
+                boxplot({s: [c[s]["dice"] for c in per_case] for s in per_case[0]}, "Dice",
+                        out_dir / "figures" / "dice_boxplot.png"))]
+    worst_first = sorted(shown, key=lambda t: t[3][regions[0]]["dice"])
+    for name, case, pred, m in worst_first[:n_figures]:
+        png = outline_montage(case.image[0], case.label > 0, pred > 0, case.affine,
+                              f"{name}: whole-tumour Dice {m[regions[0]]['dice']:.3f}",
+                              out_dir / "figures" / f"{name}.png")
+        figures.append((f"{name} (whole tumour outlines on {'channel 0'})", png))
+    header = ["case", *[f"{r} Dice" for r in regions], *[f"{r} HD95" for r in regions], "WT ref ml", "WT pred ml"]
+    rows = [[e["name"], *[f"{m[r]['dice']:.3f}" for r in regions], *[f"{m[r]['hd95']:.1f}" for r in regions],
+             f"{m[regions[0]]['volume_ref_ml']:.1f}", f"{m[regions[0]]['volume_pred_ml']:.1f}"]
+            for e, m in zip(test, per_case)]
+    notes = [f"{len(test)} test cases; regions: " + ", ".join(f"{k} = {list(v)}" for k, v in labels.regions.items()),
+             f"Empty-mask convention — {empty.describe()}", HD_DEFINITION, f"model sha256 {model_sha}"]
+    write_reports(out_dir, "medseg evaluation report", summary, header, rows, figures, notes)

@@ -1,0 +1,157 @@
+"""``export``: TorchScript artifact with its metadata, proven equal to the eager model.
+
+Inputs: ``paths.checkpoint``; optional ``paths.prepared`` (a real case for the parity check) and
+``paths.metrics`` (evaluate's ``metrics.json``, copied into the metadata).
+Outputs: ``artifact/model.ts`` + ``artifact/metadata.json`` (see :mod:`medseg.export.artifact`),
+``summary.json`` with the parity figures.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+from medseg.engine.sliding_window import sliding_window_probs
+from medseg.engine.trainer import load_checkpoint
+from medseg.errors import ArtifactError
+from medseg.export.artifact import library_versions, load_artifact, write_artifact
+from medseg.models.unet import build_unet, check_relu_only, count_parameters
+from medseg.stages.common import require_path
+from medseg.stages.train import load_prepared
+from medseg.utils.files import read_json
+
+log = logging.getLogger(__name__)
+
+
+def weights_sha256(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over parameter names and bytes, in state-dict order."""
+    h = hashlib.sha256()
+    for k, v in state.items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def script_model(model: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """TorchScript via ``torch.jit.script``, falling back to tracing."""
+    try:
+        return torch.jit.script(model)
+    except Exception as e:  # some MONAI versions are not scriptable
+        log.warning("torch.jit.script failed (%s); tracing instead", e)
+        return torch.jit.trace(model, example, check_trace=False)
+
+
+def parity_case(prepared: Path | None) -> np.ndarray | None:
+    """A preprocessed real case (test first, else validation, else training)."""
+    if prepared is None:
+        return None
+    datalist, _ = load_prepared(prepared)
+    for split in ("test", "validation", "train"):
+        if datalist.get(split):
+            return np.load(datalist[split][0]["image"])
+    return None
+
+
+def export_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run the export stage (see module docstring)."""
+    checkpoint = require_path(cfg, "checkpoint", "export")
+    prepared = Path(cfg.paths.prepared) if cfg.paths.get("prepared") else None
+    ckpt = load_checkpoint(checkpoint)
+    meta = ckpt["meta"]
+    model = build_unet(meta["model"], int(meta["in_channels"]), int(meta["num_classes"]))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    check_relu_only(model)
+    patch = [int(p) for p in meta["patch_size"]]
+    image = parity_case(prepared)
+    example = torch.zeros(1, int(meta["in_channels"]), *patch)
+    if image is not None:
+        window = _window(image, patch)
+        example = torch.from_numpy(window)[None]
+    scripted = script_model(model, example)
+    metrics = read_json(cfg.paths.metrics) if cfg.paths.get("metrics") else None
+    metadata = {
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "name": str(cfg.name),
+        "input": {
+            "channels": meta["plan"]["preprocessing"]["channels"],
+            "axis_order": "(C, X, Y, Z) after reorientation to RAS",
+            "spacing_mm": meta["plan"]["preprocessing"]["target_spacing"],
+            "orientation": "RAS",
+            "normalization": meta["plan"]["preprocessing"]["normalization"],
+            "preprocessing": meta["plan"]["preprocessing"],
+            "patch_size": patch,
+            "file_format": "NIfTI, 4D with channels last (MSD layout), voxel -> RAS affine",
+        },
+        "output": {**meta["plan"]["labels"], "num_classes": int(meta["num_classes"]),
+                   "activation": "softmax over classes; label = argmax"},
+        "network": {"architecture": "MONAI UNet", "activation": "ReLU", **meta["model"],
+                    "parameters": count_parameters(model)},
+        "training": {"epoch": meta.get("epoch"), "iteration": meta.get("iteration"),
+                     "validation_dice": meta.get("val"), "checkpoint_sha256": _sha(checkpoint)},
+        "metrics": metrics.get("summary") if isinstance(metrics, dict) else None,
+        "metrics_convention": metrics.get("convention") if isinstance(metrics, dict) else None,
+        "versions": library_versions(),
+        "weights_sha256": weights_sha256(model.state_dict()),
+    }
+    art_dir = out_dir / "artifact"
+    write_artifact(art_dir, scripted, metadata)
+    parity = check_parity(model, art_dir, example, image, patch, int(meta["num_classes"]),
+                          float(cfg.export.logit_tolerance), float(cfg.export.min_label_agreement))
+    log.info("export: %s (max |logit diff| %.2e, label agreement %.6f)", art_dir,
+             parity["max_abs_logit_diff"], parity["label_agreement"])
+    return {"artifact": str(art_dir), **parity}
+
+
+def _sha(path: Path) -> str:
+    from medseg.utils.files import sha256_file
+
+    return sha256_file(path)
+
+
+def _window(image: np.ndarray, patch: list[int]) -> np.ndarray:
+    """A patch-sized window from the centre of the image (zero-padded if smaller)."""
+    out = np.zeros((image.shape[0], *patch), dtype=np.float32)
+    src, dst = [], []
+    for n, p in zip(image.shape[1:], patch):
+        s = max(0, (n - p) // 2)
+        m = min(n, p)
+        src.append(slice(s, s + m))
+        dst.append(slice(0, m))
+    out[(slice(None), *dst)] = image[(slice(None), *src)]
+    return out
+
+
+def check_parity(model: torch.nn.Module, art_dir: Path, example: torch.Tensor, image: np.ndarray | None,
+                 patch: list[int], num_classes: int, tol: float, min_agree: float) -> dict[str, Any]:
+    """Reload the artifact and compare it with the eager model; raise if beyond tolerance."""
+    art = load_artifact(art_dir)
+    with torch.inference_mode():
+        diff = float((model(example) - art.module(example)).abs().max())
+    agreement = 1.0
+    if image is not None:
+        x = torch.from_numpy(image)
+
+        def eager(b: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return model(b)
+
+        def scripted(b: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode():
+                return art.module(b)
+
+        a = sliding_window_probs(eager, x, patch, num_classes, overlap=0.25).argmax(0)
+        b = sliding_window_probs(scripted, x, patch, num_classes, overlap=0.25).argmax(0)
+        agreement = float((a == b).float().mean())
+    if diff > tol or agreement < min_agree:
+        raise ArtifactError(f"{art_dir}: exported model differs from the eager model "
+                            f"(max |logit diff| {diff:.3g} > {tol:g} or label agreement {agreement:.6f} < {min_agree})")
+    return {"max_abs_logit_diff": diff, "label_agreement": agreement,
+            "parity_case": "real preprocessed case" if image is not None else "zero input"}

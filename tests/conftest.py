@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny built-in datasets written to temporary folders."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from medseg.data.synthetic import SynthConfig, write_msd_dataset
+
+REPO = Path(__file__).resolve().parent.parent
+MEDSEG = [sys.executable, "-m", "pipelines.cli"]
+
+#: Overrides that make any stage tiny: 4 mm voxels, 32^3 patches, a 3-level U-Net, few iterations.
+TINY = [
+    "data.target_spacing=[4.0,4.0,4.0]",
+    "data.workers=1",
+    "model.channels=[8,16,32]",
+    "model.strides=[2,2]",
+    "model.num_res_units=0",
+    "train.patch_size=[32,32,32]",
+    "train.max_epochs=2",
+    "train.iters_per_epoch=3",
+    "train.warmup_iters=2",
+    "train.progress=false",
+    "train.tensorboard=true",
+    "evaluate.n_figures=1",
+]
+
+TINY_SYNTH = SynthConfig(n=6, n_test=2, spacing=4.0, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six 4 mm cases (two test cases, one of them tumour-free) in MSD layout. Read-only!"""
+    return write_msd_dataset(tmp_path_factory.mktemp("tiny") / "Task01_Tiny", TINY_SYNTH)
+
+
+def run_medseg(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Run the ``medseg`` command in a subprocess."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.run([*MEDSEG, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,72 @@
+"""Bad input: one-line error naming the file, exit status 2, no partial outputs."""
+
+from __future__ import annotations
+
+import shutil
+
+import nibabel as nib
+import numpy as np
+
+from conftest import TINY, run_medseg
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "ERROR" in line or "error:" in line]
+
+
+def _assert_clean_failure(proc, out, must_name: str) -> None:
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    errors = _error_lines(proc.stderr)
+    assert errors and must_name in errors[-1], proc.stderr[-2000:]
+    leftovers = {p.name for p in out.iterdir()} - {".hydra", "prepare.log"} if out.exists() else set()
+    assert not leftovers, f"partial outputs left behind: {leftovers}"
+
+
+def test_wrong_dataset_path(tmp_path):
+    proc = run_medseg(["prepare", "data.root=/no/such/dataset", "hydra.run.dir=out"], tmp_path)
+    _assert_clean_failure(proc, tmp_path / "out", "/no/such/dataset: dataset folder not found")
+
+
+def test_channels_disagree_with_label_shape(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    label = data / "labelsTr" / "BRATS_002.nii.gz"
+    img = nib.load(label)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:-2], img.affine), str(label))
+    proc = run_medseg(["prepare", f"data.root={data}", "hydra.run.dir=out", *TINY], tmp_path)
+    _assert_clean_failure(proc, tmp_path / "out", "BRATS_002.nii.gz: label shape")
+
+
+def test_wrong_channel_count(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    path = data / "imagesTr" / "BRATS_001.nii.gz"
+    img = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., :3], img.affine), str(path))
+    proc = run_medseg(["prepare", f"data.root={data}", "hydra.run.dir=out", *TINY], tmp_path)
+    _assert_clean_failure(proc, tmp_path / "out", "BRATS_001.nii.gz: expected 4 channels")
+
+
+def test_unknown_label_value(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    path = data / "labelsTr" / "BRATS_003.nii.gz"
+    img = nib.load(path)
+    lab = np.asarray(img.dataobj).copy()
+    lab[0, 0, 0] = 7
+    nib.save(nib.Nifti1Image(lab, img.affine), str(path))
+    proc = run_medseg(["prepare", f"data.root={data}", "hydra.run.dir=out", *TINY], tmp_path)
+    _assert_clean_failure(proc, tmp_path / "out", "BRATS_003.nii.gz: label values [7]")
+
+
+def test_unknown_config_key_names_valid_options(tmp_path):
+    proc = run_medseg(["train", "train.max_epoch=3"], tmp_path)
+    assert proc.returncode == 2
+    assert "Did you mean 'train.max_epochs'?" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_invalid_choice_names_valid_options(tmp_path):
+    proc = run_medseg(["train", "model.norm=group"], tmp_path)
+    assert proc.returncode == 2 and "expected one of [instance, batch]" in proc.stderr

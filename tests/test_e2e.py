@@ -1,0 +1,124 @@
+"""End to end: `medseg run` in a subprocess on a tiny built-in dataset, then every artifact."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import TINY, run_medseg
+
+
+@pytest.fixture(scope="module")
+def run_dir(tiny_dataset, tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("e2e")
+    proc = run_medseg(["run", f"data.root={tiny_dataset}", "hydra.run.dir=out", *TINY], cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "out"
+
+
+def test_run_writes_every_stage(run_dir):
+    for stage in ("prepare", "train", "evaluate", "export", "predict"):
+        assert (run_dir / stage / "summary.json").is_file(), stage
+        assert (run_dir / stage / "config.yaml").is_file(), stage
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert set(summary["test_dice"]) == {"whole_tumour", "tumour_core", "enhancing_tumour"}
+
+
+def test_prepare_outputs(run_dir):
+    datalist = json.loads((run_dir / "prepare" / "datalist.json").read_text())
+    assert len(datalist["test"]) == 2 and datalist["train"] and datalist["validation"]
+    names = [e["name"] for split in ("train", "validation", "test") for e in datalist[split]]
+    assert len(names) == len(set(names)) == 6
+    image = np.load(datalist["train"][0]["image"], mmap_mode="r")
+    assert image.ndim == 4 and image.shape[0] == 4 and image.dtype == np.float32
+    fp = json.loads((run_dir / "prepare" / "fingerprint.json").read_text())
+    assert fp["n_cases"] == 6 and set(fp["intensity"]) == {"FLAIR", "T1w", "t1gd", "T2w"}
+    assert fp["n_tumour_free"] >= 1
+    plan = json.loads((run_dir / "prepare" / "plan.json").read_text())
+    assert plan["preprocessing"]["target_spacing"] == [4.0, 4.0, 4.0]
+
+
+def test_train_outputs(run_dir):
+    train = run_dir / "train"
+    lines = [json.loads(x) for x in (train / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [0, 1]
+    assert "val_dice" in lines[-1]
+    assert list((train / "tensorboard").glob("events.out.tfevents.*"))
+    ckpt = torch.load(train / "best.pt", map_location="cpu", weights_only=True)
+    assert "model" in ckpt and ckpt["meta"]["patch_size"] == [32, 32, 32]
+
+
+def test_evaluate_outputs(run_dir, tiny_dataset):
+    ev = run_dir / "evaluate"
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["n_cases"] == 2
+    assert "both masks empty -> Dice 1" in metrics["convention"]["empty"]
+    for region in ("whole_tumour", "tumour_core", "enhancing_tumour"):
+        d = metrics["summary"][region]["dice"]["mean"]
+        assert 0.0 <= d <= 1.0
+    csv = (ev / "metrics.csv").read_text().splitlines()
+    assert csv[0].startswith("case,structure,dice,hd95")
+    assert len(csv) == 1 + 2 * 6  # 2 cases x (3 regions + 3 labels)
+    html = (ev / "report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 2 and "whole_tumour" in html
+    assert "![" in (ev / "report.md").read_text()
+    for pred in (ev / "predictions").glob("*.nii.gz"):
+        src = nib.load(tiny_dataset / "imagesTs" / pred.name)
+        out = nib.load(pred)
+        assert out.shape == src.shape[:3]
+        np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
+
+
+def test_export_outputs(run_dir):
+    summary = json.loads((run_dir / "export" / "summary.json").read_text())
+    assert summary["label_agreement"] >= 0.9999 and summary["max_abs_logit_diff"] <= 1e-3
+    meta = json.loads((run_dir / "export" / "artifact" / "metadata.json").read_text())
+    assert meta["input"]["channels"] == ["FLAIR", "T1w", "t1gd", "T2w"]
+    assert meta["output"]["regions"]["tumour_core"] == [2, 3]
+    assert meta["network"]["activation"] == "ReLU"
+    assert meta["metrics"]["whole_tumour"]["dice"]["mean"] >= 0
+    assert len(meta["files"]["model.ts"]) == 64 and len(meta["weights_sha256"]) == 64
+
+
+def test_predict_outputs_on_native_grid(run_dir, tiny_dataset):
+    for src_path in (tiny_dataset / "imagesTs").glob("*.nii.gz"):
+        out = nib.load(run_dir / "predict" / src_path.name)
+        src = nib.load(src_path)
+        assert out.shape == src.shape[:3]
+        np.testing.assert_allclose(out.affine, src.affine, atol=1e-5)
+        assert set(np.unique(np.asarray(out.dataobj))) <= {0, 1, 2, 3}
+    summary = json.loads((run_dir / "predict" / "predictions.json").read_text())
+    assert summary["n_ok"] == 2 and all(c["seconds"] > 0 for c in summary["cases"])
+
+
+def test_predict_isolates_a_bad_case_and_fails_at_the_end(run_dir, tiny_dataset, tmp_path):
+    inputs = tmp_path / "in"
+    shutil.copytree(tiny_dataset / "imagesTs", inputs)
+    (inputs / "broken.nii.gz").write_bytes(b"not a nifti")
+    proc = run_medseg(["predict", f"paths.artifact={run_dir / 'export' / 'artifact'}", f"paths.input={inputs}",
+                       "hydra.run.dir=pred"], tmp_path)
+    assert proc.returncode == 2
+    assert "broken.nii.gz" in proc.stderr and "Traceback" not in proc.stderr
+    ok = sorted(p.name for p in (tmp_path / "pred").glob("*.nii.gz"))
+    assert ok == sorted(p.name for p in (tiny_dataset / "imagesTs").glob("*.nii.gz"))
+    summary = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    assert summary["n_failed"] == 1 and summary["n_ok"] == 2
+
+
+def test_tampered_artifact_is_refused(run_dir, tiny_dataset, tmp_path):
+    art = tmp_path / "artifact"
+    shutil.copytree(run_dir / "export" / "artifact", art)
+    raw = bytearray((art / "model.ts").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (art / "model.ts").write_bytes(bytes(raw))
+    proc = run_medseg(["predict", f"paths.artifact={art}", f"paths.input={tiny_dataset / 'imagesTs'}",
+                       "hydra.run.dir=pred"], tmp_path)
+    assert proc.returncode == 2
+    assert "sha256 differs" in proc.stderr and "Traceback" not in proc.stderr
+    assert not list((tmp_path / "pred").glob("*.nii.gz"))
