@@ -147,6 +147,7 @@ class InferenceConfig:
     overlap: float = 0.5
     sw_batch_size: int = 2
     tta_flips: list[int] = field(default_factory=list)
+    min_component_ml: Optional[float] = None
     threads: Optional[int] = None
     device: Device = Device.auto
 

@@ -66,6 +66,7 @@ def test_case_metrics_structures_and_volumes():
     ref[3:7, 3:7, 3:7] = 2
     ref[4:6, 4:6, 4:6] = 3
     out = case_metrics(ref, ref, (2.0, 2.0, 2.0), LabelSpec())
-    assert set(out) >= {"whole_tumour", "tumour_core", "enhancing_tumour", "edema", "enhancing_tumour"}
+    assert list(out) == ["whole_tumour", "tumour_core", "enhancing_tumour", "label1_edema",
+                         "label2_non_enhancing_tumour", "label3_enhancing_tumour"]
     assert all(v["dice"] == 1.0 and v["hd95"] == 0.0 for v in out.values())
     assert out["whole_tumour"]["volume_ref_ml"] == pytest.approx(6**3 * 8 / 1000)

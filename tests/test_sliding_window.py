@@ -37,3 +37,17 @@ def test_flip_tta_is_exact_for_an_equivariant_network():
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     assert len(flip_sets([0, 1, 2])) == 7
     np.testing.assert_allclose(b.sum(0).numpy(), 1.0, atol=1e-5)
+
+
+def test_remove_small_components_by_volume():
+    from medseg.engine.inference import remove_small_components
+
+    label = np.zeros((20, 20, 20), np.uint8)
+    label[2:4, 2:4, 2:4] = 1      # 8 voxels of 8 mm^3 = 0.064 ml
+    label[10:16, 10:16, 10:16] = 2  # 216 voxels = 1.728 ml
+    label[12, 12, 12] = 3
+    out = remove_small_components(label, (2.0, 2.0, 2.0), 0.1)
+    assert not out[2:4, 2:4, 2:4].any()
+    np.testing.assert_array_equal(out[10:16, 10:16, 10:16], label[10:16, 10:16, 10:16])
+    np.testing.assert_array_equal(remove_small_components(label, (2.0, 2.0, 2.0), 0.0), label)
+    np.testing.assert_array_equal(remove_small_components(label, (1.0, 1.0, 1.0), 0.005), label)

@@ -41,10 +41,12 @@ class CasePredictor:
         overlap: window overlap fraction.
         batch_size: windows per network call.
         tta_axes: spatial axes to mirror for test-time augmentation (all subsets are used).
+        min_component_ml: remove connected tumour components smaller than this (ml); 0 keeps all.
     """
 
     def __init__(self, net: Network, spec: PreprocessSpec, patch_size: Sequence[int], num_classes: int,
-                 overlap: float = 0.5, batch_size: int = 2, tta_axes: Sequence[int] = ()) -> None:
+                 overlap: float = 0.5, batch_size: int = 2, tta_axes: Sequence[int] = (),
+                 min_component_ml: float = 0.0) -> None:
         self.net = net
         self.spec = spec
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -52,6 +54,7 @@ class CasePredictor:
         self.overlap = float(overlap)
         self.batch_size = int(batch_size)
         self.flips = flip_sets(tta_axes)
+        self.min_component_ml = float(min_component_ml)
 
     def __call__(self, image: np.ndarray, affine: np.ndarray, name: str = "<case>") -> CasePrediction:
         """Predict one case given its ``(C, X, Y, Z)`` image and voxel -> RAS affine."""
@@ -61,7 +64,35 @@ class CasePredictor:
                                      overlap=self.overlap, batch_size=self.batch_size, tta_flips=self.flips)
         max_fg = float(probs[1:].max()) if self.num_classes > 1 else 0.0
         label = restore(probs, geom)
+        if self.min_component_ml > 0:
+            spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+            label = remove_small_components(label, spacing, self.min_component_ml)
         return CasePrediction(label=label, max_foreground_prob=max_fg, seconds=time.perf_counter() - start)
+
+
+def remove_small_components(label: np.ndarray, spacing: Sequence[float], min_ml: float) -> np.ndarray:
+    """Set to background every 26-connected tumour component (label > 0) smaller than ``min_ml``.
+
+    Args:
+        label: internal label map.
+        spacing: voxel spacing in mm.
+        min_ml: minimum component volume in millilitres.
+
+    Returns:
+        A new label map.
+    """
+    from scipy import ndimage
+
+    components, n = ndimage.label(label > 0, structure=np.ones((3,) * label.ndim))
+    if n == 0:
+        return label
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    sizes = np.bincount(components.ravel()) * voxel_ml
+    small = sizes < min_ml
+    small[0] = False
+    out = label.copy()
+    out[small[components]] = 0
+    return out
 
 
 def torch_network(module: torch.nn.Module | torch.jit.ScriptModule, device: torch.device) -> Network:

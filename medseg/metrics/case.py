@@ -11,6 +11,11 @@ from medseg.metrics.overlap import EmptyConvention, dice
 from medseg.metrics.surface import hausdorff
 
 
+def label_structure(code: int, name: str) -> str:
+    """Name of the per-label structure, e.g. ``label1_edema`` (distinct from region names)."""
+    return f"label{code}_" + name.replace(" ", "_").replace("-", "_")
+
+
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], labels: LabelSpec,
                  percentile: float = 95.0, empty: EmptyConvention = EmptyConvention()
                  ) -> dict[str, dict[str, float]]:
@@ -26,13 +31,13 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], la
 
     Returns:
         ``{structure: {"dice", "hd95", "volume_pred_ml", "volume_ref_ml"}}``; structures are the
-        region names followed by the label names.
+        region names followed by one ``label<code>_<name>`` per foreground label.
     """
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
     voxel_ml = float(np.prod(spacing)) / 1000.0
     structures: dict[str, tuple[int, ...]] = dict(labels.regions)
-    structures.update({labels.labels[k].replace(" ", "_").replace("-", "_"): (k,) for k in labels.foreground})
+    structures.update({label_structure(k, labels.labels[k]): (k,) for k in labels.foreground})
     out: dict[str, dict[str, float]] = {}
     for name, codes in structures.items():
         p, r = np.isin(pred, codes), np.isin(ref, codes)

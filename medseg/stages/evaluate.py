@@ -57,7 +57,8 @@ def predictor_from_checkpoint(path: Path, inf_cfg: dict[str, Any]) -> tuple[Case
     spec = PreprocessSpec.from_json(meta["plan"]["preprocessing"])
     pred = CasePredictor(torch_network(model, device), spec, meta["patch_size"], int(meta["num_classes"]),
                          overlap=float(inf_cfg["overlap"]), batch_size=int(inf_cfg["sw_batch_size"]),
-                         tta_axes=inf_cfg.get("tta_flips", []))
+                         tta_axes=inf_cfg.get("tta_flips", []),
+                         min_component_ml=float(inf_cfg.get("min_component_ml") or 0.0))
     return pred, meta
 
 

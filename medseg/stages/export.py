@@ -96,6 +96,7 @@ def export_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                     "parameters": count_parameters(model)},
         "training": {"epoch": meta.get("epoch"), "iteration": meta.get("iteration"),
                      "validation_dice": meta.get("val"), "checkpoint_sha256": _sha(checkpoint)},
+        "postprocessing": {"min_component_ml": float(cfg.evaluate.inference.min_component_ml or 0.0)},
         "metrics": metrics.get("summary") if isinstance(metrics, dict) else None,
         "metrics_convention": metrics.get("convention") if isinstance(metrics, dict) else None,
         "versions": library_versions(),

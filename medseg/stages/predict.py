@@ -43,7 +43,15 @@ def predictor_from_artifact(art: Artifact, inf_cfg: dict[str, Any]) -> CasePredi
     art.module.to(device)
     return CasePredictor(torch_network(art.module, device), art.spec, art.patch_size,
                          int(art.metadata["output"]["num_classes"]), overlap=float(inf_cfg["overlap"]),
-                         batch_size=int(inf_cfg["sw_batch_size"]), tta_axes=inf_cfg.get("tta_flips", []))
+                         batch_size=int(inf_cfg["sw_batch_size"]), tta_axes=inf_cfg.get("tta_flips", []),
+                         min_component_ml=_min_component(art, inf_cfg))
+
+
+def _min_component(art: Artifact, inf_cfg: dict[str, Any]) -> float:
+    """The configured minimum component size, else the one recorded in the artifact."""
+    if inf_cfg.get("min_component_ml") is not None:
+        return float(inf_cfg["min_component_ml"])
+    return float(art.metadata.get("postprocessing", {}).get("min_component_ml", 0.0))
 
 
 def load_input(path: Path, n_channels: int) -> tuple[np.ndarray, np.ndarray]:

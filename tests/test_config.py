@@ -1,0 +1,52 @@
+"""The Hydra configs compose, validate and stay consistent with the typed schema."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
+
+from medseg.config import register_configs
+from pipelines import CONFIG_DIR
+from pipelines.cli import check_overrides
+
+EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
+
+
+def _compose(overrides):
+    register_configs()
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides, return_hydra_config=False)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(experiment):
+    cfg = _compose([f"experiment={experiment}"])
+    assert cfg.name == experiment
+    container = OmegaConf.to_container(cfg.model, resolve=True)
+    assert len(container["strides"]) == len(container["channels"]) - 1
+
+
+def test_demo_preset():
+    cfg = _compose(["experiment=demo"])
+    assert cfg.synth.enabled and cfg.train.max_time_s is not None
+    assert list(cfg.data.target_spacing) == [2.0, 2.0, 2.0]
+
+
+@pytest.mark.parametrize("override,fragment", [
+    ("train.max_epoch=3", "Did you mean 'train.max_epochs'?"),
+    ("data.sorce=msd", "Did you mean 'data.source'?"),
+    ("train.schedule=linear", "expected one of [cosine, poly, constant]"),
+    ("train.batch_size=two", "batch_size"),
+    ("model=resnet", "Available options in 'model'"),
+])
+def test_bad_overrides_are_explained(override, fragment):
+    message = check_overrides([override])
+    assert message is not None and fragment in message
+    assert "\n" not in message
+
+
+def test_good_overrides_pass():
+    assert check_overrides(["train.max_epochs=3", "model=unet3d_fast", "experiment=demo"]) is None
