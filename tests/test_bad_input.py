@@ -70,3 +70,17 @@ def test_unknown_config_key_names_valid_options(tmp_path):
 def test_invalid_choice_names_valid_options(tmp_path):
     proc = run_medseg(["train", "model.norm=group"], tmp_path)
     assert proc.returncode == 2 and "expected one of [instance, batch]" in proc.stderr
+
+
+def test_synth_command(tmp_path):
+    proc = run_medseg(["synth", str(tmp_path / "ds"), "n=2", "n_test=1", "spacing=6"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "ds" / "dataset.json").is_file()
+    assert len(list((tmp_path / "ds" / "imagesTr").glob("*.nii.gz"))) == 1
+    proc = run_medseg(["synth", str(tmp_path / "ds2"), "cases=3"], tmp_path)
+    assert proc.returncode == 2 and "unknown option 'cases'" in proc.stderr
+
+
+def test_unknown_stage(tmp_path):
+    proc = run_medseg(["trian"], tmp_path)
+    assert proc.returncode == 2 and "Did you mean 'train'?" in proc.stderr

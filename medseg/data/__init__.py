@@ -1,0 +1,1 @@
+"""Data: readers, label conventions, synthetic data, preprocessing and training datasets."""
