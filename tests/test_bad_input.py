@@ -6,6 +6,7 @@ import shutil
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from conftest import TINY, run_medseg
 
@@ -28,36 +29,29 @@ def test_wrong_dataset_path(tmp_path):
     _assert_clean_failure(proc, tmp_path / "out", "/no/such/dataset: dataset folder not found")
 
 
-def test_channels_disagree_with_label_shape(tiny_dataset, tmp_path):
+def _edited_copy(tiny_dataset, tmp_path, rel: str, edit) -> str:
+    """Copy the tiny dataset and replace the data of file ``rel`` by ``edit(data)``."""
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
-    label = data / "labelsTr" / "BRATS_002.nii.gz"
-    img = nib.load(label)
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:-2], img.affine), str(label))
-    proc = run_medseg(["prepare", f"data.root={data}", "hydra.run.dir=out", *TINY], tmp_path)
-    _assert_clean_failure(proc, tmp_path / "out", "BRATS_002.nii.gz: label shape")
+    img = nib.load(data / rel)
+    nib.save(nib.Nifti1Image(edit(np.asarray(img.dataobj).copy()), img.affine), str(data / rel))
+    return f"data.root={data}"
 
 
-def test_wrong_channel_count(tiny_dataset, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(tiny_dataset, data)
-    path = data / "imagesTr" / "BRATS_001.nii.gz"
-    img = nib.load(path)
-    nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., :3], img.affine), str(path))
-    proc = run_medseg(["prepare", f"data.root={data}", "hydra.run.dir=out", *TINY], tmp_path)
-    _assert_clean_failure(proc, tmp_path / "out", "BRATS_001.nii.gz: expected 4 channels")
+def _set_corner(lab, value=7):
+    lab[0, 0, 0] = value
+    return lab
 
 
-def test_unknown_label_value(tiny_dataset, tmp_path):
-    data = tmp_path / "data"
-    shutil.copytree(tiny_dataset, data)
-    path = data / "labelsTr" / "BRATS_003.nii.gz"
-    img = nib.load(path)
-    lab = np.asarray(img.dataobj).copy()
-    lab[0, 0, 0] = 7
-    nib.save(nib.Nifti1Image(lab, img.affine), str(path))
-    proc = run_medseg(["prepare", f"data.root={data}", "hydra.run.dir=out", *TINY], tmp_path)
-    _assert_clean_failure(proc, tmp_path / "out", "BRATS_003.nii.gz: label values [7]")
+@pytest.mark.parametrize("rel,edit,message", [
+    ("labelsTr/BRATS_002.nii.gz", lambda a: a[:-2], "BRATS_002.nii.gz: label shape"),
+    ("imagesTr/BRATS_001.nii.gz", lambda a: a[..., :3], "BRATS_001.nii.gz: expected 4 channels"),
+    ("labelsTr/BRATS_003.nii.gz", _set_corner, "BRATS_003.nii.gz: label values [7]"),
+], ids=["label-shape", "channel-count", "label-value"])
+def test_bad_case_stops_prepare(tiny_dataset, tmp_path, rel, edit, message):
+    root = _edited_copy(tiny_dataset, tmp_path, rel, edit)
+    proc = run_medseg(["prepare", root, "hydra.run.dir=out", *TINY], tmp_path)
+    _assert_clean_failure(proc, tmp_path / "out", message)
 
 
 def test_unknown_config_key_names_valid_options(tmp_path):
