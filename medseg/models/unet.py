@@ -1,6 +1,6 @@
 """The ReLU U-Net.
 
-MONAI's ``UNet`` defaults to PReLU; medseg always builds it with ``act="RELU"`` and offers no
+MONAI's ``UNet`` defaults to a parametric ReLU; medseg always builds it with ``act="RELU"`` and offers no
 activation option. :func:`activation_types` lists the activation modules a network contains so
 that tests (and ``train`` at start-up) can prove that ReLU is the only one.
 """
