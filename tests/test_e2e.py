@@ -122,3 +122,15 @@ def test_tampered_artifact_is_refused(run_dir, tiny_dataset, tmp_path):
     assert proc.returncode == 2
     assert "sha256 differs" in proc.stderr and "Traceback" not in proc.stderr
     assert not list((tmp_path / "pred").glob("*.nii.gz"))
+
+
+def test_2d_model_runs_slicewise_end_to_end(tiny_dataset, tmp_path):
+    """model.spatial_dims=2 trains a 2D U-Net on axial slices; the artifact still predicts volumes."""
+    tiny_2d = [o for o in TINY if not o.startswith("train.patch_size")]
+    proc = run_medseg(["run", f"data.root={tiny_dataset}", "hydra.run.dir=out", *tiny_2d,
+                       "model.spatial_dims=2", "train.patch_size=[32,32]"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((tmp_path / "out" / "export" / "artifact" / "metadata.json").read_text())
+    assert meta["input"]["patch_size"] == [32, 32, 1] and meta["network"]["spatial_dims"] == 2
+    for src_path in (tiny_dataset / "imagesTs").glob("*.nii.gz"):
+        assert nib.load(tmp_path / "out" / "predict" / src_path.name).shape == nib.load(src_path).shape[:3]

@@ -39,3 +39,17 @@ def test_check_catches_prelu():
 def test_bad_model_config():
     with pytest.raises(ConfigError, match="one entry fewer"):
         build_unet({"spatial_dims": 3, "channels": [4, 8], "strides": [2, 2], "norm": "instance"}, 1, 2)
+
+
+def test_slicewise_2d_model_matches_per_slice_calls():
+    from medseg.models.unet import build_model
+
+    cfg = {"spatial_dims": 2, "channels": [4, 8], "strides": [2], "num_res_units": 0, "norm": "batch",
+           "dropout": 0.0}
+    model = build_model(cfg, 2, 3).eval()
+    x = torch.randn(2, 2, 8, 8, 3)
+    with torch.no_grad():
+        out = model(x)
+        for z in range(3):
+            torch.testing.assert_close(out[..., z], model.net(x[..., z]))
+    assert activation_types(model) == {torch.nn.ReLU}

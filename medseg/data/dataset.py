@@ -107,11 +107,11 @@ def augment_patch(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
                   cfg: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
     """Random flips, per-channel intensity scale/shift and Gaussian noise (in place when possible)."""
     for axis in range(lab.ndim):
-        if rng.random() < cfg.get("flip_prob", 0.0):
+        if rng.random() < cfg.get("flip_prob", 0.0) and lab.shape[axis] > 1:
             img = np.flip(img, axis=axis + 1)
             lab = np.flip(lab, axis=axis)
-    img = np.ascontiguousarray(img)
-    lab = np.ascontiguousarray(lab)
+    img = np.array(img, dtype=np.float32, order="C")  # copies: no negative strides reach torch
+    lab = np.array(lab, order="C")
     nonzero = img != 0
     c = img.shape[0]
     if rng.random() < cfg.get("intensity_scale_prob", 0.0):

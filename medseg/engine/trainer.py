@@ -29,7 +29,7 @@ from medseg.data.dataset import CachedCase, PatchDataset
 from medseg.data.labels import LabelSpec
 from medseg.engine.sliding_window import sliding_window_probs
 from medseg.metrics.overlap import dice
-from medseg.models.unet import build_unet, check_relu_only, count_parameters
+from medseg.models.unet import build_model, check_relu_only, count_parameters, volume_patch
 from medseg.utils.files import atomic_path
 
 log = logging.getLogger(__name__)
@@ -143,11 +143,11 @@ def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Seque
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
     device = pick_device(str(getattr(cfg["device"], "value", cfg["device"])))
-    model = build_unet(model_cfg, in_channels, labels.num_classes).to(device)
+    model = build_model(model_cfg, in_channels, labels.num_classes).to(device)
     check_relu_only(model)
     log.info("model: MONAI UNet, ReLU, %d parameters, device %s, %d threads",
              count_parameters(model), device, torch.get_num_threads())
-    patch = [int(p) for p in cfg["patch_size"]]
+    patch = volume_patch(model_cfg, cfg["patch_size"])
     iters = int(cfg["iters_per_epoch"])
     bs = int(cfg["batch_size"])
     dataset = PatchDataset(train_cases, patch, iters * bs, float(cfg["fg_oversample"]),

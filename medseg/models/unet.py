@@ -59,6 +59,42 @@ def build_unet(model_cfg: Mapping[str, Any], in_channels: int, out_channels: int
     )
 
 
+class Slicewise(nn.Module):
+    """Run a 2D network slice by slice over the last axis of a 3D input.
+
+    Input ``(B, C, X, Y, Z)`` -> output ``(B, K, X, Y, Z)``; with ``Z = 1`` patches this is plain
+    2D training, and at inference the usual 3D sliding window covers a volume slice-wise.
+    """
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, sx, sy, sz = x.shape
+        y = self.net(x.permute(0, 4, 1, 2, 3).reshape(b * sz, c, sx, sy))
+        return y.reshape(b, sz, y.shape[1], sx, sy).permute(0, 2, 3, 4, 1)
+
+
+def build_model(model_cfg: Mapping[str, Any], in_channels: int, out_channels: int) -> nn.Module:
+    """The network used on volumes: the 3D U-Net, or the 2D U-Net applied slice-wise.
+
+    Both take and return ``(B, C, X, Y, Z)`` tensors, so patch sampling, sliding windows and the
+    exported artifact are the same for 2D and 3D models (a 2D model's patch ends in 1).
+    """
+    net = build_unet(model_cfg, in_channels, out_channels)
+    return Slicewise(net) if int(model_cfg["spatial_dims"]) == 2 else net
+
+
+def volume_patch(model_cfg: Mapping[str, Any], patch: Sequence[int]) -> list[int]:
+    """The 3D patch a model trains on: ``patch + [1]`` for a 2D model."""
+    patch = [int(p) for p in patch]
+    dims = int(model_cfg["spatial_dims"])
+    if len(patch) != dims:
+        raise ConfigError(f"train.patch_size={patch} must have {dims} entries for model.spatial_dims={dims}")
+    return patch + [1] if dims == 2 else patch
+
+
 def activation_types(model: nn.Module) -> set[type[nn.Module]]:
     """Return the classes of every activation module inside ``model``."""
     return {type(m) for m in model.modules() if isinstance(m, _ACTIVATION_BASES)}

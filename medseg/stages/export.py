@@ -22,7 +22,7 @@ from medseg.engine.sliding_window import sliding_window_probs
 from medseg.engine.trainer import load_checkpoint
 from medseg.errors import ArtifactError
 from medseg.export.artifact import library_versions, load_artifact, write_artifact
-from medseg.models.unet import build_unet, check_relu_only, count_parameters
+from medseg.models.unet import build_model, check_relu_only, count_parameters
 from medseg.stages.common import require_path
 from medseg.stages.train import load_prepared
 from medseg.utils.files import read_json
@@ -65,7 +65,7 @@ def export_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     prepared = Path(cfg.paths.prepared) if cfg.paths.get("prepared") else None
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt["meta"]
-    model = build_unet(meta["model"], int(meta["in_channels"]), int(meta["num_classes"]))
+    model = build_model(meta["model"], int(meta["in_channels"]), int(meta["num_classes"]))
     model.load_state_dict(ckpt["model"])
     model.eval()
     check_relu_only(model)

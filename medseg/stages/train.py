@@ -16,7 +16,7 @@ from medseg.data.dataset import CachedCase
 from medseg.data.labels import LabelSpec
 from medseg.engine.trainer import fit
 from medseg.errors import ConfigError, DataError
-from medseg.models.unet import size_divisor
+from medseg.models.unet import size_divisor, volume_patch
 from medseg.stages.common import plain, require_path
 from medseg.utils.files import read_json
 
@@ -48,17 +48,15 @@ def train_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         raise DataError(prepared / "datalist.json", "the training split is empty")
     model_cfg = plain(cfg.model)
     train_cfg = plain(cfg.train)
-    check_patch(train_cfg["patch_size"], model_cfg["strides"])
-    if len(train_cfg["patch_size"]) != int(model_cfg["spatial_dims"]):
-        raise ConfigError(f"train.patch_size={train_cfg['patch_size']} does not match "
-                          f"model.spatial_dims={model_cfg['spatial_dims']}")
+    patch = volume_patch(model_cfg, train_cfg["patch_size"])
+    check_patch([int(p) for p in train_cfg["patch_size"]], model_cfg["strides"])
     labels = LabelSpec.from_json(plan["labels"])
     train_cases = [CachedCase.load(e) for e in datalist["train"]]
     val_cases = [CachedCase.load(e) for e in datalist["validation"]]
     channels = plan["preprocessing"]["channels"]
     log.info("train: %d training and %d validation cases, patch %s, batch %d",
              len(train_cases), len(val_cases), train_cfg["patch_size"], train_cfg["batch_size"])
-    meta = {"plan": plan, "model": model_cfg, "patch_size": train_cfg["patch_size"],
+    meta = {"plan": plan, "model": model_cfg, "patch_size": patch,
             "in_channels": len(channels), "num_classes": labels.num_classes}
     result = fit(train_cfg, model_cfg, train_cases, val_cases, labels, len(channels), out_dir, meta)
     log.info("train: best validation mean Dice %.4f at epoch %d; %d epochs, %d iterations in %.0f s (%s)",
