@@ -127,8 +127,3 @@ def check_relu_only(model: nn.Module) -> None:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
-
-
-def dummy_input(in_channels: int, patch: Sequence[int]) -> torch.Tensor:
-    """A zero input of batch 1 for tracing and export checks."""
-    return torch.zeros(1, in_channels, *[int(p) for p in patch])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -75,15 +74,3 @@ def boxplot(values: dict[str, list[float]], ylabel: str, out: Path) -> Path:
     fig.savefig(out, format="png")
     plt.close(fig)
     return out
-
-
-def png_bytes(path: Path) -> bytes:
-    """Bytes of a PNG file (for embedding)."""
-    return Path(path).read_bytes()
-
-
-def to_buffer(fig: plt.Figure) -> bytes:
-    """Render a figure to PNG bytes."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()

@@ -120,7 +120,8 @@ def evaluate_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "n_cases": len(test),
     }
     write_json(out_dir / "metrics.json", result)
-    _report(out_dir, summary, per_case, test, shown, labels, empty, model_sha, int(cfg.evaluate.n_figures))
+    _report(out_dir, summary, per_case, test, shown, labels, empty, model_sha, int(cfg.evaluate.n_figures),
+            str(meta["plan"]["preprocessing"]["channels"][0]))
     for region in labels.regions:
         log.info("test %-16s Dice %.4f (median %.4f), HD95 %.2f mm", region,
                  summary[region]["dice"]["mean"], summary[region]["dice"]["median"], summary[region]["hd95"]["mean"])
@@ -138,7 +139,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _report(out_dir: Path, summary: dict, per_case: list, test: list, shown: list, labels: LabelSpec,
-            empty: EmptyConvention, model_sha: str, n_figures: int) -> None:
+            empty: EmptyConvention, model_sha: str, n_figures: int, channel: str) -> None:
     regions = list(labels.regions)
     figures = [("Dice per structure (one dot per case)",
                 boxplot({s: [c[s]["dice"] for c in per_case] for s in per_case[0]}, "Dice",
@@ -148,7 +149,7 @@ def _report(out_dir: Path, summary: dict, per_case: list, test: list, shown: lis
         png = outline_montage(case.image[0], case.label > 0, pred > 0, case.affine,
                               f"{name}: whole-tumour Dice {m[regions[0]]['dice']:.3f}",
                               out_dir / "figures" / f"{name}.png")
-        figures.append((f"{name} (whole tumour outlines on {'channel 0'})", png))
+        figures.append((f"{name}: whole-tumour outlines on {channel}", png))
     header = ["case", *[f"{r} Dice" for r in regions], *[f"{r} HD95" for r in regions], "WT ref ml", "WT pred ml"]
     rows = [[e["name"], *[f"{m[r]['dice']:.3f}" for r in regions], *[f"{m[r]['hd95']:.1f}" for r in regions],
              f"{m[regions[0]]['volume_ref_ml']:.1f}", f"{m[regions[0]]['volume_pred_ml']:.1f}"]
