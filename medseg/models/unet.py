@@ -100,15 +100,6 @@ def activation_types(model: nn.Module) -> set[type[nn.Module]]:
     return {type(m) for m in model.modules() if isinstance(m, _ACTIVATION_BASES)}
 
 
-def describe_model(model: nn.Module, divisor: Sequence[int] | None = None) -> dict[str, Any]:
-    """Parameter count and activation names, for logs and metadata."""
-    return {
-        "parameters": int(sum(p.numel() for p in model.parameters())),
-        "activations": sorted(t.__name__ for t in activation_types(model)),
-        "divisor": list(divisor) if divisor is not None else None,
-    }
-
-
 def size_divisor(strides: Sequence[int]) -> int:
     """Input sizes must be multiples of the product of the strides."""
     out = 1

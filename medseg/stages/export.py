@@ -25,7 +25,7 @@ from medseg.export.artifact import library_versions, load_artifact, write_artifa
 from medseg.models.unet import build_model, check_relu_only, count_parameters
 from medseg.stages.common import require_path
 from medseg.stages.train import load_prepared
-from medseg.utils.files import read_json
+from medseg.utils.files import read_json, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ def export_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "network": {"architecture": "MONAI UNet", "activation": "ReLU", **meta["model"],
                     "parameters": count_parameters(model)},
         "training": {"epoch": meta.get("epoch"), "iteration": meta.get("iteration"),
-                     "validation_dice": meta.get("val"), "checkpoint_sha256": _sha(checkpoint)},
+                     "validation_dice": meta.get("val"), "checkpoint_sha256": sha256_file(checkpoint)},
         "postprocessing": {"min_component_ml": float(cfg.evaluate.inference.min_component_ml or 0.0)},
         "metrics": metrics.get("summary") if isinstance(metrics, dict) else None,
         "metrics_convention": metrics.get("convention") if isinstance(metrics, dict) else None,
@@ -109,12 +109,6 @@ def export_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     log.info("export: %s (max |logit diff| %.2e, label agreement %.6f)", art_dir,
              parity["max_abs_logit_diff"], parity["label_agreement"])
     return {"artifact": str(art_dir), **parity}
-
-
-def _sha(path: Path) -> str:
-    from medseg.utils.files import sha256_file
-
-    return sha256_file(path)
 
 
 def _window(image: np.ndarray, patch: list[int]) -> np.ndarray:

@@ -107,12 +107,7 @@ def predict_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                "n_ok": sum(r["status"] == "ok" for r in results), "n_failed": len(failed),
                "n_skipped": sum(r["status"].startswith("skipped") for r in results)}
     write_json(out_dir / "predictions.json", summary)
-    if failed:
-        raise_partial(failed, out_dir)
-    return {k: v for k, v in summary.items() if k != "cases"}
-
-
-def raise_partial(failed: list[dict[str, Any]], out_dir: Path) -> None:
-    """Exit non-zero after a batch in which some cases failed (their outputs stay)."""
-    raise PartialFailure(f"{len(failed)} case(s) failed: " + "; ".join(r["error"] for r in failed)
+    if failed:  # the cases that finished keep their outputs; the stage still exits non-zero
+        raise PartialFailure(f"{len(failed)} case(s) failed: " + "; ".join(r["error"] for r in failed)
                          + f" (see {out_dir / 'predictions.json'})")
+    return {k: v for k, v in summary.items() if k != "cases"}
