@@ -21,6 +21,10 @@ class SourceKind(str, Enum):
     """Dataset layouts ``prepare`` can read."""
 
     msd = "msd"
+    brats = "brats"
+    nifti = "nifti"
+    dicom = "dicom"
+    xray = "xray"
 
 
 class Norm(str, Enum):
@@ -71,19 +75,40 @@ class PathsConfig:
 
 @dataclass
 class DataConfig:
-    """Dataset source, split and preprocessing."""
+    """Dataset source, verification, planning and preprocessing.
+
+    Source-specific keys are ignored by the other sources (see ``conf/data/*.yaml``).
+    """
 
     source: SourceKind = SourceKind.msd
     root: str = MISSING
     convention: str = "msd"
+    # nifti: channel names, a {case} file pattern per channel and for the label, or a datalist
+    channels: list[str] = field(default_factory=list)
+    patterns: dict[str, str] = field(default_factory=dict)
+    label_pattern: Optional[str] = None
+    datalist: Optional[str] = None
+    # dicom: SeriesDescription regex per channel or a mapping file; NIfTI labels in label_dir
+    series_patterns: dict[str, str] = field(default_factory=dict)
+    series_mapping: Optional[str] = None
+    label_dir: Optional[str] = "labels"
+    slice_gap_tol_mm: float = 0.05
+    resample_channels: bool = True
+    # xray: masks ({case}.png / .nii.gz) and whether to apply the stored VOI LUT / window
+    mask_dir: Optional[str] = "masks"
+    voi_lut: bool = False
+    # verification
+    skip_bad: bool = False
+    max_voxels: int = 512 * 512 * 512 * 4
+    affine_tol_mm: float = 1e-3
+    # planning and preprocessing
     target_spacing: Optional[list[float]] = None
+    memory_budget_gb: float = 8.0
     normalization: Normalization = Normalization.zscore_nonzero
     crop_foreground: bool = True
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     split_seed: int = 0
-    max_voxels: int = 512 * 512 * 512 * 4
-    affine_tol_mm: float = 1e-3
     workers: int = 2
 
 
@@ -120,7 +145,7 @@ class TrainConfig:
     iters_per_epoch: int = 50
     max_time_s: Optional[float] = None
     batch_size: int = 2
-    patch_size: list[int] = field(default_factory=lambda: [96, 96, 96])
+    patch_size: Optional[list[int]] = None
     fg_oversample: float = 0.5
     lr: float = 3e-3
     weight_decay: float = 1e-5

@@ -20,8 +20,11 @@ def _assert_clean_failure(proc, out, must_name: str) -> None:
     assert "Traceback" not in proc.stderr
     errors = _error_lines(proc.stderr)
     assert errors and must_name in errors[-1], proc.stderr[-2000:]
-    leftovers = {p.name for p in out.iterdir()} - {".hydra", "prepare.log"} if out.exists() else set()
+    reports = {"verification.json", "verification.txt"}  # complete reports of what is wrong
+    leftovers = {p.name for p in out.iterdir()} - {".hydra", "prepare.log", *reports} if out.exists() else set()
     assert not leftovers, f"partial outputs left behind: {leftovers}"
+    if out.exists() and (out / "verification.json").exists():
+        assert must_name in (out / "verification.json").read_text()
 
 
 def test_wrong_dataset_path(tmp_path):

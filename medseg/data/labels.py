@@ -42,12 +42,22 @@ BRATS_REGIONS: dict[str, tuple[int, ...]] = {
     "enhancing_tumour": (3,),
 }
 
+#: Internal labels of binary lesion masks (X-ray, any single-structure task).
+LESION_LABELS: dict[int, str] = {0: "background", 1: "lesion"}
+LESION_REGIONS: dict[str, tuple[int, ...]] = {"lesion": (1,)}
+
 # source code -> internal code, per convention.
 CONVENTIONS: dict[str, dict[int, int]] = {
     "msd": {0: 0, 1: 1, 2: 2, 3: 3},
     "brats2021": {0: 0, 1: 2, 2: 1, 4: 3},
     "brats2023": {0: 0, 1: 2, 2: 1, 3: 3},
+    # binary masks as written by most tools: 0/1, or 0/255 from PNG and 8-bit exports
+    "binary": {0: 0, 1: 1, 255: 1},
 }
+
+#: Internal label set each convention maps onto: "brats" (MSD Task01 coding) or "lesion".
+CONVENTION_TARGETS: dict[str, str] = {"msd": "brats", "brats2021": "brats", "brats2023": "brats",
+                                      "binary": "lesion"}
 
 
 @dataclass(frozen=True)
@@ -85,6 +95,39 @@ class LabelSpec:
         labels = {int(k): str(v) for k, v in obj["labels"].items()}
         regions = {str(k): tuple(int(c) for c in v) for k, v in obj["regions"].items()}
         return cls(labels=labels, regions=regions)
+
+
+def label_spec(convention: str) -> LabelSpec:
+    """The internal labels and regions that ``convention``'s codes map onto.
+
+    Raises:
+        ConfigError: for an unknown convention.
+    """
+    if convention not in CONVENTIONS:
+        from medseg.errors import ConfigError
+
+        raise ConfigError(f"data.convention={convention!r} is not known; valid: {sorted(CONVENTIONS)}")
+    if CONVENTION_TARGETS[convention] == "lesion":
+        return LabelSpec(labels=dict(LESION_LABELS), regions=dict(LESION_REGIONS))
+    return LabelSpec()
+
+
+def check_nested(masks: Mapping[str, np.ndarray], order: Sequence[str] = tuple(BRATS_REGIONS),
+                 path: str = "<array>") -> None:
+    """Check that region masks nest: each region of ``order`` contains the next one.
+
+    For BraTS: enhancing tumour is inside tumour core, which is inside whole tumour. Region-wise
+    (sigmoid) outputs and multi-channel reference masks can break this; label maps cannot.
+
+    Raises:
+        DataError: naming the two regions and the number of voxels outside the outer one.
+    """
+    names = [n for n in order if n in masks]
+    for outer, inner in zip(names, names[1:]):
+        outside = int(np.count_nonzero(masks[inner] & ~masks[outer]))
+        if outside:
+            raise DataError(path, f"{outside} voxels of {inner} lie outside {outer} "
+                                  f"(regions must nest: {' ⊇ '.join(names)})")
 
 
 def remap_labels(label: np.ndarray, convention: str, path: str = "<array>") -> np.ndarray:

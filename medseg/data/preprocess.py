@@ -152,7 +152,9 @@ def preprocess(image: np.ndarray, affine: np.ndarray, spec: PreprocessSpec,
     ras, nonzero = ras[(slice(None), *sl)], nonzero[(slice(None), *sl)]
     cropped_shape = np.array(ras.shape[1:])
     spacing = np.linalg.norm(ras_affine[:3, :3], axis=0)
-    shape = tuple(int(max(1, round(n))) for n in cropped_shape * spacing / np.asarray(spec.target_spacing))
+    # a single-slice axis (2D images) stays one slice whatever the target spacing
+    shape = tuple(1 if c == 1 else int(max(1, round(n)))
+                  for c, n in zip(cropped_shape, cropped_shape * spacing / np.asarray(spec.target_spacing)))
     img_t = _resample(torch.from_numpy(np.ascontiguousarray(ras, dtype=np.float32)), shape, "trilinear")
     mask_t = _resample(torch.from_numpy(nonzero.astype(np.float32)), shape, "nearest-exact") > 0.5
     out = img_t.numpy().astype(np.float32, copy=False)

@@ -36,6 +36,11 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], la
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
     voxel_ml = float(np.prod(spacing)) / 1000.0
+    keep = [i for i, n in enumerate(pred.shape) if n > 1] or list(range(pred.ndim))
+    if len(keep) < pred.ndim:  # single-slice images (X-rays) are scored in 2D
+        pred = pred.reshape([pred.shape[i] for i in keep])
+        ref = ref.reshape([ref.shape[i] for i in keep])
+        spacing = [spacing[i] for i in keep]
     structures: dict[str, tuple[int, ...]] = dict(labels.regions)
     structures.update({label_structure(k, labels.labels[k]): (k,) for k in labels.foreground})
     out: dict[str, dict[str, float]] = {}

@@ -35,14 +35,20 @@ def outline_montage(image: np.ndarray, ref: np.ndarray, pred: np.ndarray, affine
     centre = np.round(np.argwhere(focus).mean(axis=0)).astype(int) if focus.any() else np.array(img.shape) // 2
     spacing = np.linalg.norm(ras_affine[:3, :3], axis=0)
     views = [("axial", 2, (0, 1)), ("coronal", 1, (0, 2)), ("sagittal", 0, (1, 2))]
-    fig, axes = plt.subplots(1, 3, figsize=(10.5, 3.8), dpi=90)
+    flat = img.shape[2] == 1  # a 2D image (radiograph): one view, first row at the top
+    if flat:
+        views = [("image", 2, (0, 1))]
+    fig, axes = plt.subplots(1, len(views), figsize=(10.5 if not flat else 5.0, 3.8 if not flat else 5.0),
+                             dpi=90, squeeze=False)
+    axes = axes[0]
     nz = img[img != 0]
     vmax = float(np.percentile(nz, 99.5)) if nz.size else 1.0
     for ax, (name, axis, (a, b)) in zip(axes, views):
         sl = [slice(None)] * 3
         sl[axis] = int(centre[axis])
         aspect = spacing[b] / spacing[a]
-        ax.imshow(img[tuple(sl)].T, cmap="gray", origin="lower", vmin=0, vmax=vmax, aspect=aspect)
+        ax.imshow(img[tuple(sl)].T, cmap="gray", origin="upper" if flat else "lower", vmin=0, vmax=vmax,
+                  aspect=aspect)
         for mask, colour, style in ((r, REF_COLOUR, "solid"), (p, PRED_COLOUR, "dashed")):
             m = mask[tuple(sl)].T.astype(float)
             if m.any() and m.min() != m.max():

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 StageFn = Callable[[DictConfig, Path], dict[str, Any]]
 
-#: Files a failed stage keeps in its folder (Hydra's own record of the run and the log).
-_KEEP_ON_FAILURE = {".hydra"}
+#: Files a failed stage keeps in its folder: Hydra's record of the run, the log, and the
+#: verification report of ``prepare`` (complete files that say why the stage failed).
+_KEEP_ON_FAILURE = {".hydra", "verification.json", "verification.txt"}
 
 
 def run_stage(fn: StageFn, cfg: DictConfig) -> dict[str, Any]:
@@ -65,13 +66,12 @@ def run_in_dir(fn: StageFn, cfg: DictConfig, out_dir: Path, clean_dir: bool) -> 
 
 
 def _remove_outputs(out_dir: Path, before: set[Path], whole: bool) -> None:
-    if whole:
-        shutil.rmtree(out_dir, ignore_errors=True)
-        return
     for p in out_dir.iterdir():
-        if p in before or p.name in _KEEP_ON_FAILURE or p.suffix == ".log":
+        if p in before or p.name in _KEEP_ON_FAILURE or (p.suffix == ".log" and not whole):
             continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    if whole and not any(out_dir.iterdir()):
+        out_dir.rmdir()
 
 
 def write_stage_record(out_dir: Path, cfg: DictConfig, summary: dict[str, Any]) -> None:

@@ -20,7 +20,7 @@ from omegaconf import DictConfig
 from medseg.data.io.nifti import write_nifti
 from medseg.data.labels import LabelSpec
 from medseg.data.preprocess import PreprocessSpec
-from medseg.data.sources import CaseRef, make_source
+from medseg.data.sources import CaseRef, Source, make_source
 from medseg.engine.inference import CasePredictor, torch_network
 from medseg.engine.trainer import load_checkpoint, pick_device
 from medseg.errors import DataError
@@ -62,6 +62,18 @@ def predictor_from_checkpoint(path: Path, inf_cfg: dict[str, Any]) -> tuple[Case
     return pred, meta
 
 
+def source_refs(plan: dict[str, Any], names: list[str]) -> dict[str, tuple[Source, CaseRef]]:
+    """The source recorded in ``plan.json`` and the references of the named cases in it."""
+    src = plan["source"]
+    options = src.get("options", {"convention": src["convention"]})
+    source = make_source(src["kind"], src["root"], **options)
+    by_name = {r.name: r for r in source.cases()}
+    missing = [n for n in names if n not in by_name]
+    if missing:
+        raise DataError(src["root"], f"cases {missing} of the prepared split are no longer in the dataset")
+    return {n: (source, by_name[n]) for n in names}
+
+
 def aggregate(per_case: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
     """Mean, median, std, IQR of every metric per structure."""
     out: dict[str, dict[str, dict[str, float]]] = {}
@@ -87,12 +99,10 @@ def evaluate_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     predictor, meta = predictor_from_checkpoint(checkpoint, inf_cfg)
     labels = LabelSpec.from_json(meta["plan"]["labels"])
     empty = EmptyConvention(one_empty_hd=float(cfg.evaluate.empty_hd_mm))
-    src = plan["source"]
-    source = make_source(src["kind"], src["root"], convention=src["convention"])
+    refs = source_refs(plan, [e["name"] for e in test])
     per_case, rows, shown = [], [], []
     for entry in test:
-        ref = CaseRef(name=entry["name"], images=tuple(Path(p) for p in entry["source_images"]),
-                      label=Path(entry["source_label"]), split="test")
+        source, ref = refs[entry["name"]]
         case = source.load(ref)
         pred = predictor(case.image, case.affine, name=entry["name"])
         with atomic_path(out_dir / "predictions" / f"{entry['name']}.nii.gz") as tmp:

@@ -48,6 +48,8 @@ def train_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         raise DataError(prepared / "datalist.json", "the training split is empty")
     model_cfg = plain(cfg.model)
     train_cfg = plain(cfg.train)
+    if train_cfg.get("patch_size") is None:  # explicit config wins over the plan
+        train_cfg["patch_size"] = plan["patch_size"]
     patch = volume_patch(model_cfg, train_cfg["patch_size"])
     check_patch([int(p) for p in train_cfg["patch_size"]], model_cfg["strides"])
     labels = LabelSpec.from_json(plan["labels"])

@@ -1,13 +1,26 @@
-"""Common types of all dataset sources."""
+"""Common types of all dataset sources, and the NIfTI case reader they share.
+
+Reader contract (as in nnU-Net): a loaded :class:`Case` holds the image ``(C, X, Y, Z)`` float32 in
+the file's voxel order, the label ``(X, Y, Z)`` uint8 in medseg's internal codes, and one
+voxel -> RAS+ millimetre affine shared by both; spacing (mm) follows from the affine. 2D images
+(X-rays) are ``(C, X, Y, 1)``.
+
+Every source offers :meth:`Source.check`, which reports *every* problem of a case (missing files,
+headers, shapes, affines, values) instead of stopping at the first, and :meth:`Source.load`, which
+raises the first problem as a :class:`~medseg.errors.DataError`.
+"""
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from medseg.data.io.nifti import DEFAULT_MAX_VOXELS, NiftiVolume, read_nifti
+from medseg.data.labels import LabelSpec, check_nested, label_spec, region_masks, remap_labels
 from medseg.errors import DataError
 
 
@@ -17,15 +30,20 @@ class CaseRef:
 
     Args:
         name: case identifier (unique within a dataset).
-        images: one 4D file (channel last) or one 3D file per channel, in channel order.
+        images: one 4D file (channel last) or one file per channel, in channel order. For DICOM
+            the files of every channel's series, grouped in ``series``.
         label: label file, or ``None`` for an unlabelled case.
         split: ``"train"`` or ``"test"`` as the dataset declares it.
+        problems: problems found while listing the dataset (a path escaping the root, ...).
+        series: DICOM only: the files of each channel's series, in channel order.
     """
 
     name: str
     images: tuple[Path, ...]
     label: Path | None = None
     split: str = "train"
+    problems: tuple[str, ...] = ()
+    series: tuple[tuple[Path, ...], ...] = ()
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -54,22 +72,60 @@ class Source(ABC):
 
     Args:
         root: dataset folder.
+        convention: label coding of the files (a key of :data:`medseg.data.labels.CONVENTIONS`).
+        max_voxels: refuse images whose header promises more voxels than this (before decoding).
+        affine_tol_mm: tolerance when comparing the grids of channels and label.
     """
 
     channels: tuple[str, ...] = ()
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, convention: str = "msd", max_voxels: int = DEFAULT_MAX_VOXELS,
+                 affine_tol_mm: float = 1e-3) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DataError(self.root, "dataset folder not found")
+        self.convention = convention
+        self.labels: LabelSpec = label_spec(convention)
+        self.max_voxels = int(max_voxels)
+        self.affine_tol_mm = float(affine_tol_mm)
 
     @abstractmethod
     def cases(self) -> list[CaseRef]:
         """List every case the dataset declares."""
 
     @abstractmethod
+    def check(self, ref: CaseRef) -> tuple[Case | None, list[str]]:
+        """Load a case and list every problem found; the case is ``None`` when there are any."""
+
     def load(self, ref: CaseRef) -> Case:
-        """Load and validate one case."""
+        """Load and validate one case.
+
+        Raises:
+            DataError: the first problem (the message counts the others).
+        """
+        case, problems = self.check(ref)
+        if problems or case is None:
+            first = problems[0] if problems else f"{ref.name}: could not be loaded"
+            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
+            raise DataError(first.split(": ", 1)[0], first.split(": ", 1)[-1] + more)
+        return case
+
+    def input_files(self, ref: CaseRef) -> tuple[Path, ...]:
+        """Files whose content defines the case (hashed to key the preprocessed cache)."""
+        return ref.files
+
+    def check_label(self, raw: np.ndarray, path: Path, problems: list[str]) -> np.ndarray | None:
+        """Map a raw label array onto internal codes; append problems instead of raising."""
+        if not np.array_equal(raw, np.round(raw)):
+            problems.append(f"{path}: label map holds non-integer values")
+            return None
+        try:
+            label = remap_labels(raw.astype(np.int64), self.convention, str(path))
+            check_nested(region_masks(label, self.labels.regions), tuple(self.labels.regions), str(path))
+        except DataError as e:
+            problems.append(str(e))
+            return None
+        return label
 
 
 def affines_match(a: np.ndarray, b: np.ndarray, tol_mm: float = 1e-3) -> bool:
@@ -78,3 +134,129 @@ def affines_match(a: np.ndarray, b: np.ndarray, tol_mm: float = 1e-3) -> bool:
     Compared element-wise: rotation/zoom columns and the translation, both in mm.
     """
     return bool(np.allclose(a[:3, :4], b[:3, :4], atol=tol_mm, rtol=0))
+
+
+def grid_mismatch(ref_affine: np.ndarray, ref_shape: tuple[int, ...], affine: np.ndarray,
+                  shape: tuple[int, ...], tol_mm: float) -> str | None:
+    """Describe how a grid differs from a reference grid (shape, spacing, then affine), or ``None``."""
+    if tuple(shape) != tuple(ref_shape):
+        return f"shape {tuple(shape)} differs from {tuple(ref_shape)}"
+    zooms, ref_zooms = (np.linalg.norm(m[:3, :3], axis=0) for m in (affine, ref_affine))
+    if not np.allclose(zooms, ref_zooms, atol=tol_mm, rtol=0):
+        return f"spacing {np.round(zooms, 4).tolist()} mm differs from {np.round(ref_zooms, 4).tolist()} mm"
+    if not affines_match(affine, ref_affine, tol_mm):
+        off = float(np.abs(affine[:3, :4] - ref_affine[:3, :4]).max())
+        return f"affine (origin/orientation) differs by up to {off:.4g} mm (tolerance {tol_mm} mm)"
+    return None
+
+
+def resolve_inside(root: Path, rel: str | Path, listed_in: Path) -> tuple[Path, str | None]:
+    """Resolve a path listed in a dataset file; refuse symlink loops and paths outside ``root``.
+
+    Returns:
+        ``(path, problem)``; ``problem`` is ``None`` when the path is acceptable.
+    """
+    raw = Path(rel) if Path(rel).is_absolute() else root / rel
+    try:
+        path = raw.resolve(strict=False)
+        if raw.is_symlink() or raw.exists():
+            raw.resolve(strict=True)
+    except (RuntimeError, OSError) as e:  # RuntimeError: symlink loop (Python < 3.13)
+        return raw, f"{listed_in}: path {str(rel)!r} loops through symlinks ({type(e).__name__})"
+    if not path.is_relative_to(root.resolve()):
+        return raw, f"{listed_in}: path {str(rel)!r} escapes the dataset folder {root}"
+    return path, None
+
+
+def walk_files(root: Path, skip: tuple[Path, ...] = ()) -> list[Path]:
+    """Every regular file under ``root`` in sorted order, not following directory symlinks.
+
+    Symlinked files are kept when they resolve inside ``root``.
+    """
+    out = []
+    root_real = root.resolve()
+    skip_real = tuple(s.resolve() for s in skip)
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                             and (here / d).resolve() not in skip_real)
+        for f in sorted(filenames):
+            p = here / f
+            if f.startswith("."):
+                continue
+            if p.is_symlink():
+                try:
+                    real = p.resolve(strict=True)
+                except (RuntimeError, OSError):
+                    continue
+                if not real.is_relative_to(root_real) or not real.is_file():
+                    continue
+            out.append(p)
+    return out
+
+
+def read_channels(ref: CaseRef, n_channels: int, max_voxels: int, problems: list[str]
+                  ) -> list[NiftiVolume] | None:
+    """Read a case's NIfTI channel files (one 4D file or one 3D file per channel), collecting problems."""
+    vols: list[NiftiVolume] = []
+    for path in ref.images:
+        try:
+            vols.append(read_nifti(path, ndim=(3, 4), max_voxels=max_voxels))
+        except DataError as e:
+            problems.append(str(e))
+    if len(vols) != len(ref.images):
+        return None
+    if len(vols) == 1 and vols[0].data.ndim == 4:
+        n = vols[0].data.shape[-1]
+        if n != n_channels:
+            problems.append(f"{ref.images[0]}: expected {n_channels} channels, got {n}")
+            return None
+        return [NiftiVolume(np.ascontiguousarray(vols[0].data[..., c]), vols[0].affine, vols[0].path)
+                for c in range(n)]
+    if len(vols) != n_channels:
+        problems.append(f"{ref.images[0]}: expected {n_channels} channel files, got {len(vols)}")
+        return None
+    out = []
+    for v in vols:
+        if v.data.ndim == 4 and v.data.shape[-1] != 1:
+            problems.append(f"{v.path}: expected a 3D image for one channel, got shape {v.data.shape}")
+            continue
+        out.append(NiftiVolume(v.data.reshape(v.data.shape[:3]), v.affine, v.path))
+    return out if len(out) == n_channels else None
+
+
+def check_nifti_case(source: Source, ref: CaseRef) -> tuple[Case | None, list[str]]:
+    """Load a NIfTI case, listing every problem: unreadable or truncated files, NaN/Inf, budget,
+    channel count, empty channels, shape/spacing/affine mismatches, label values."""
+    problems = list(ref.problems)
+    missing = [f for f in ref.files if not f.is_file()]
+    problems += [f"{f}: file not found" for f in missing]
+    if missing:
+        return None, problems
+    vols = read_channels(ref, len(source.channels), source.max_voxels, problems)
+    lab_vol = None
+    if ref.label is not None:
+        try:
+            lab_vol = read_nifti(ref.label, ndim=(3,), max_voxels=source.max_voxels)
+        except DataError as e:
+            problems.append(str(e))
+    if vols is None:
+        return None, problems
+    first = vols[0]
+    for v, name in zip(vols, source.channels):
+        if not v.data.any():
+            problems.append(f"{v.path}: channel {name!r} is empty (every voxel is zero)")
+    for v in vols[1:]:
+        if (why := grid_mismatch(first.affine, first.data.shape, v.affine, v.data.shape, source.affine_tol_mm)):
+            problems.append(f"{v.path}: {why} of {first.path.name}")
+    label = None
+    if lab_vol is not None:
+        why = grid_mismatch(first.affine, first.data.shape, lab_vol.affine, lab_vol.data.shape,
+                            source.affine_tol_mm)
+        if why:
+            problems.append(f"{ref.label}: label {why} of {first.path.name}")
+        label = source.check_label(lab_vol.data, ref.label, problems)
+    if problems:
+        return None, problems
+    image = np.stack([v.data for v in vols])
+    return Case(ref=ref, image=image, affine=first.affine, label=label), []

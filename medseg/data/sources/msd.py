@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
-
-from medseg.data.io.nifti import DEFAULT_MAX_VOXELS, read_nifti
-from medseg.data.labels import remap_labels
-from medseg.data.sources.base import Case, CaseRef, Source, affines_match
+from medseg.data.io.nifti import DEFAULT_MAX_VOXELS
+from medseg.data.sources.base import Case, CaseRef, Source, check_nifti_case, resolve_inside
 from medseg.errors import DataError
 from medseg.utils.files import read_json
 
@@ -28,11 +25,8 @@ class MSDSource(Source):
     """
 
     def __init__(self, root: str | Path, convention: str = "msd",
-                 max_voxels: int = DEFAULT_MAX_VOXELS, affine_tol_mm: float = 1e-3) -> None:
-        super().__init__(root)
-        self.convention = convention
-        self.max_voxels = max_voxels
-        self.affine_tol_mm = affine_tol_mm
+                 max_voxels: int = DEFAULT_MAX_VOXELS, affine_tol_mm: float = 1e-3, **_: object) -> None:
+        super().__init__(root, convention, max_voxels, affine_tol_mm)
         meta_path = self.root / "dataset.json"
         self.meta = read_json(meta_path)
         if not isinstance(self.meta, dict) or "training" not in self.meta:
@@ -41,7 +35,6 @@ class MSDSource(Source):
         if not isinstance(modality, dict) or not modality:
             raise DataError(meta_path, "no 'modality' mapping of channel index to name")
         self.channels = tuple(str(modality[k]) for k in sorted(modality, key=int))
-        self.labels = {int(k): str(v) for k, v in self.meta.get("labels", {}).items()}
 
     def cases(self) -> list[CaseRef]:
         """Training cases (``training``) then test cases (``test``), label where available."""
@@ -54,39 +47,20 @@ class MSDSource(Source):
         return refs
 
     def _ref(self, entry: dict | str, split: str) -> CaseRef:
+        listing = self.root / "dataset.json"
         image = entry["image"] if isinstance(entry, dict) else entry
-        image_path = self._resolve(image)
+        image_path, problem = resolve_inside(self.root, image, listing)
+        problems = [problem] if problem else []
         name = image_path.name.removesuffix(".gz").removesuffix(".nii")
+        label_path = None
         if isinstance(entry, dict) and entry.get("label"):
-            label_path = self._resolve(entry["label"])
+            label_path, problem = resolve_inside(self.root, entry["label"], listing)
+            problems += [problem] if problem else []
         else:  # MSD lists test images only; labelsTs/ is optional
             guess = self.root / "labelsTs" / image_path.name
             label_path = guess if guess.exists() else None
-        return CaseRef(name=name, images=(image_path,), label=label_path, split=split)
+        return CaseRef(name=name, images=(image_path,), label=label_path, split=split, problems=tuple(problems))
 
-    def _resolve(self, rel: str) -> Path:
-        path = (self.root / rel).resolve()
-        if not path.is_relative_to(self.root.resolve()):
-            raise DataError(self.root / "dataset.json", f"path {rel!r} escapes the dataset folder")
-        return path
-
-    def load(self, ref: CaseRef) -> Case:
-        """Load a case, checking channel count, shapes, affines and label values."""
-        vol = read_nifti(ref.images[0], ndim=(3, 4), max_voxels=self.max_voxels)
-        data = vol.data if vol.data.ndim == 4 else vol.data[..., None]
-        if data.shape[-1] != len(self.channels):
-            raise DataError(ref.images[0], f"expected {len(self.channels)} channels "
-                                           f"{list(self.channels)}, got {data.shape[-1]}")
-        image = np.ascontiguousarray(np.moveaxis(data, -1, 0))
-        label = None
-        if ref.label is not None:
-            lab = read_nifti(ref.label, ndim=(3,), max_voxels=self.max_voxels)
-            if lab.data.shape != image.shape[1:]:
-                raise DataError(ref.label, f"label shape {lab.data.shape} differs from image shape "
-                                           f"{image.shape[1:]} of {ref.images[0].name}")
-            if not affines_match(lab.affine, vol.affine, self.affine_tol_mm):
-                raise DataError(ref.label, f"label affine differs from the affine of {ref.images[0].name}")
-            if not np.array_equal(lab.data, np.round(lab.data)):
-                raise DataError(ref.label, "label map holds non-integer values")
-            label = remap_labels(lab.data.astype(np.int64), self.convention, str(ref.label))
-        return Case(ref=ref, image=image, affine=vol.affine, label=label)
+    def check(self, ref: CaseRef) -> tuple[Case | None, list[str]]:
+        """Load a case, listing every problem (see :func:`check_nifti_case`)."""
+        return check_nifti_case(self, ref)

@@ -1,0 +1,312 @@
+"""DICOM sources: MR studies (one case per study, one series per channel) and radiographs.
+
+``dicom``: every file under the root is scanned (headers only), grouped by study and series.
+Each channel is the one series of the study whose SeriesDescription matches the channel's regular
+expression (case-insensitive), or the series a mapping file names. Channels on different grids of
+the same frame of reference are resampled (trilinear, in world coordinates) onto the grid of the
+first channel, which is the grid of the case: labels (``label_dir/{case}.nii.gz``) must be on it,
+and predictions are written on it.
+
+``xray``: every DICOM image under the root (CR, DX, or any single-frame greyscale image) is a case;
+its mask is ``mask_dir/{case}.png`` or ``.nii.gz`` (binary, 0/1 or 0/255). Images are ``(1, X, Y, 1)``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medseg.data.io.dicom import SeriesInfo, _looks_like_dicom, read_radiograph, read_series, scan
+from medseg.data.io.nifti import DEFAULT_MAX_VOXELS, read_nifti
+from medseg.data.sources.base import Case, CaseRef, Source, grid_mismatch, walk_files
+from medseg.errors import ConfigError, DataError
+from medseg.utils.files import read_json
+
+#: Default SeriesDescription patterns of the four BraTS contrasts (MSD Task01 channel order).
+DEFAULT_SERIES_PATTERNS: dict[str, str] = {
+    "FLAIR": r"flair",
+    "T1w": r"t1(?!.*(gd|gad|ce\b|c\+|post|contrast|mprage.*gd))",
+    "t1gd": r"t1.*(gd|gad|ce\b|c\+|post|contrast)",
+    "T2w": r"t2(?!.*(flair|\*|star|swi))",
+}
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("_") or "case"
+
+
+def resample_to(data: np.ndarray, affine: np.ndarray, ref_affine: np.ndarray,
+                ref_shape: Sequence[int]) -> np.ndarray:
+    """Trilinearly resample ``data`` (on ``affine``) onto another grid of the same world space.
+
+    Voxels of the new grid that fall outside the source are zero. Works slab by slab to bound memory.
+    """
+    from scipy import ndimage
+
+    to_src = np.linalg.inv(affine) @ ref_affine
+    out = np.zeros(tuple(ref_shape), dtype=np.float32)
+    ii, jj = np.meshgrid(np.arange(ref_shape[0]), np.arange(ref_shape[1]), indexing="ij")
+    for k in range(ref_shape[2]):
+        pts = np.stack([ii.ravel(), jj.ravel(), np.full(ii.size, k), np.ones(ii.size)])
+        src = (to_src @ pts)[:3]
+        out[:, :, k] = ndimage.map_coordinates(data, src, order=1, mode="constant", cval=0.0).reshape(ii.shape)
+    return out
+
+
+class DicomSource(Source):
+    """A folder tree of DICOM MR studies.
+
+    Args:
+        root: folder scanned recursively (directory symlinks are not followed).
+        channels: channel names in input order.
+        series_patterns: channel -> regular expression matched against SeriesDescription.
+        series_mapping: optional JSON file ``{case or StudyInstanceUID: {channel: SeriesInstanceUID
+            or exact SeriesDescription}}`` taking precedence over the patterns.
+        label_dir: folder of NIfTI labels named ``{case}.nii.gz`` (relative to ``root`` or absolute).
+        convention: label coding of the label files.
+        max_voxels: refuse series whose headers promise more voxels than this (before decoding).
+        affine_tol_mm: tolerance when comparing channel and label grids.
+        slice_gap_tol_mm: tolerated deviation of slice gaps from their median.
+        resample_channels: resample channels on other grids onto the first channel's grid.
+    """
+
+    def __init__(self, root: str | Path, channels: Sequence[str] = tuple(DEFAULT_SERIES_PATTERNS),
+                 series_patterns: Mapping[str, str] | None = None, series_mapping: str | None = None,
+                 label_dir: str | None = "labels", convention: str = "msd", max_voxels: int = DEFAULT_MAX_VOXELS,
+                 affine_tol_mm: float = 1e-3, slice_gap_tol_mm: float = 0.05, resample_channels: bool = True,
+                 **_: object) -> None:
+        super().__init__(root, convention, max_voxels, affine_tol_mm)
+        self.channels = tuple(str(c) for c in channels) or tuple(DEFAULT_SERIES_PATTERNS)
+        patterns = dict(series_patterns or {}) or {c: DEFAULT_SERIES_PATTERNS.get(c, re.escape(c))
+                                                   for c in self.channels}
+        missing = [c for c in self.channels if c not in patterns]
+        if missing:
+            raise ConfigError(f"data.series_patterns has no pattern for channels {missing}")
+        self.patterns = {c: re.compile(patterns[c], re.IGNORECASE) for c in self.channels}
+        self.mapping = self._read_mapping(series_mapping)
+        self.label_dir = None
+        if label_dir:
+            self.label_dir = Path(label_dir) if Path(label_dir).is_absolute() else self.root / label_dir
+        self.gap_tol = float(slice_gap_tol_mm)
+        self.resample_channels = bool(resample_channels)
+        self.scan_problems: list[str] = []
+        self._series_of: dict[str, list[SeriesInfo]] = {}
+
+    def _read_mapping(self, path: str | None) -> dict[str, dict[str, str]]:
+        if not path:
+            return {}
+        p = Path(path) if Path(path).is_absolute() else self.root / path
+        data = read_json(p)
+        if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+            raise DataError(p, "series mapping must be {case: {channel: SeriesInstanceUID or SeriesDescription}}")
+        return {str(k): {str(c): str(s) for c, s in v.items()} for k, v in data.items()}
+
+    def cases(self) -> list[CaseRef]:
+        """One case per study; studies with no series matching any channel are ignored."""
+        skip = (self.label_dir,) if self.label_dir else ()
+        series, self.scan_problems = scan(walk_files(self.root, skip=skip))
+        studies: dict[str, list[SeriesInfo]] = {}
+        for s in series:
+            studies.setdefault(s.study_uid, []).append(s)
+        names = self._names(studies)
+        refs = []
+        for uid, members in studies.items():
+            name = names[uid]
+            chosen, problems = self._assign(name, uid, members)
+            if all(c is None for c in chosen):
+                continue  # nothing of interest in this study (e.g. a localiser-only study)
+            frames = {c.frame_of_reference for c in chosen if c is not None}
+            if len(frames) > 1:
+                problems.append(f"{chosen[0].files[0] if chosen[0] else self.root}: the channels come from "
+                                f"{len(frames)} frames of reference; they are not registered to each other")
+            groups = tuple(tuple(sorted(c.files)) if c is not None else () for c in chosen)
+            label = self.label_dir / f"{name}.nii.gz" if self.label_dir else None
+            refs.append(CaseRef(name=name, images=tuple(f for g in groups for f in g),
+                                label=label if label is not None and label.exists() else None,
+                                problems=tuple(problems), series=groups))
+        if not refs and not self.scan_problems:
+            raise DataError(self.root, "no DICOM series matches any channel pattern "
+                                       f"{ {c: p.pattern for c, p in self.patterns.items()} }")
+        return refs
+
+    @staticmethod
+    def _names(studies: dict[str, list[SeriesInfo]]) -> dict[str, str]:
+        by_patient: dict[str, list[str]] = {}
+        for uid, members in studies.items():
+            by_patient.setdefault(_safe(members[0].patient_id), []).append(uid)
+        names = {}
+        for pid, uids in by_patient.items():
+            for i, uid in enumerate(uids):
+                date = studies[uid][0].study_date
+                names[uid] = pid if len(uids) == 1 else f"{pid}_{date or 'study'}_{i + 1}"
+        return names
+
+    def _assign(self, name: str, study_uid: str, members: list[SeriesInfo]
+                ) -> tuple[list[SeriesInfo | None], list[str]]:
+        mapping = self.mapping.get(name) or self.mapping.get(study_uid)
+        chosen: list[SeriesInfo | None] = []
+        problems = []
+        where = members[0].files[0].parent
+        for c in self.channels:
+            if mapping is not None:
+                want = mapping.get(c)
+                hits = [s for s in members if want in (s.series_uid, s.description)]
+                how = f"mapping {want!r}"
+            else:
+                hits = [s for s in members if self.patterns[c].search(s.description)]
+                how = f"pattern {self.patterns[c].pattern!r}"
+            if len(hits) != 1:
+                found = sorted({s.description for s in members})
+                what = "no series matches" if not hits else f"{len(hits)} series match"
+                problems.append(f"{where}: {what} channel {c!r} ({how}) in study of {name}; "
+                                f"series descriptions found: {found}")
+                chosen.append(None)
+            else:
+                chosen.append(hits[0])
+        return chosen, problems
+
+    def input_files(self, ref: CaseRef) -> tuple[Path, ...]:
+        """The files of every channel's series, plus the label."""
+        return ref.files
+
+    def check(self, ref: CaseRef) -> tuple[Case | None, list[str]]:
+        """Build every channel's volume and list every problem."""
+        problems = list(ref.problems)
+        if problems:
+            return None, problems
+        vols = []
+        for c, files in zip(self.channels, ref.series):
+            try:
+                vols.append(read_series(files, self.max_voxels, self.gap_tol))
+            except DataError as e:
+                problems.append(f"{e} (channel {c!r})")
+        if problems:
+            return None, problems
+        first = vols[0]
+        data = [first.data]
+        for c, v in zip(self.channels[1:], vols[1:]):
+            why = grid_mismatch(first.affine, first.data.shape, v.affine, v.data.shape, self.affine_tol_mm)
+            if why is None:
+                data.append(v.data)
+            elif self.resample_channels:
+                data.append(resample_to(v.data, v.affine, first.affine, first.data.shape))
+            else:
+                problems.append(f"{v.files[0]}: channel {c!r} {why} of channel {self.channels[0]!r}")
+        for c, d, v in zip(self.channels, data, vols):
+            if not d.any():
+                problems.append(f"{v.files[0]}: channel {c!r} is empty (every voxel is zero)")
+        label = None
+        if ref.label is not None:
+            try:
+                lab = read_nifti(ref.label, ndim=(3,), max_voxels=self.max_voxels)
+                why = grid_mismatch(first.affine, first.data.shape, lab.affine, lab.data.shape, self.affine_tol_mm)
+                if why:
+                    problems.append(f"{ref.label}: label {why} of channel {self.channels[0]!r}")
+                label = self.check_label(lab.data, ref.label, problems)
+            except DataError as e:
+                problems.append(str(e))
+        if problems:
+            return None, problems
+        return Case(ref=ref, image=np.stack(data), affine=first.affine, label=label), []
+
+
+class XraySource(Source):
+    """2D radiographs (CR/DX DICOM) with optional PNG or NIfTI masks.
+
+    Args:
+        root: folder scanned recursively for DICOM files.
+        mask_dir: folder of masks named ``{case}.png``, ``{case}.nii.gz`` or ``{case}.nii``.
+        voi_lut: apply the VOI LUT or window stored in the file.
+        convention: label coding of the masks (``binary``: 0 background, 1 or 255 lesion).
+        max_voxels: refuse images with more pixels than this (before decoding).
+    """
+
+    channels = ("xray",)
+
+    def __init__(self, root: str | Path, mask_dir: str | None = "masks", voi_lut: bool = False,
+                 convention: str = "binary", max_voxels: int = DEFAULT_MAX_VOXELS, affine_tol_mm: float = 1e-3,
+                 **_: object) -> None:
+        super().__init__(root, "binary" if convention == "msd" else convention, max_voxels, affine_tol_mm)
+        self.mask_dir = None
+        if mask_dir:
+            self.mask_dir = Path(mask_dir) if Path(mask_dir).is_absolute() else self.root / mask_dir
+        self.voi_lut = bool(voi_lut)
+
+    def cases(self) -> list[CaseRef]:
+        """One case per DICOM file."""
+        skip = (self.mask_dir,) if self.mask_dir else ()
+        refs = []
+        for path in walk_files(self.root, skip=skip):
+            if not _looks_like_dicom(path):
+                continue
+            name = _safe(path.relative_to(self.root).with_suffix("").as_posix().replace("/", "_"))
+            refs.append(CaseRef(name=name, images=(path,), label=self._mask(name)))
+        if not refs:
+            raise DataError(self.root, "no DICOM file found")
+        return refs
+
+    def _mask(self, name: str) -> Path | None:
+        if self.mask_dir is None:
+            return None
+        for ext in (".png", ".nii.gz", ".nii"):
+            if (self.mask_dir / (name + ext)).is_file():
+                return self.mask_dir / (name + ext)
+        return None
+
+    def check(self, ref: CaseRef) -> tuple[Case | None, list[str]]:
+        """Read the radiograph and its mask, listing every problem."""
+        problems = list(ref.problems)
+        image = None
+        try:
+            rad = read_radiograph(ref.images[0], self.voi_lut, self.max_voxels)
+            image = rad.data
+            if not image.any() or float(image.max()) == float(image.min()):
+                problems.append(f"{ref.images[0]}: image is empty (constant intensity)")
+        except DataError as e:
+            problems.append(str(e))
+        raw = None
+        if ref.label is not None:
+            try:
+                raw = read_mask(ref.label, self.max_voxels)
+            except DataError as e:
+                problems.append(str(e))
+        if image is not None and raw is not None and raw.shape != image.shape:
+            problems.append(f"{ref.label}: mask shape {raw.shape} (columns, rows) differs from the image's "
+                            f"{image.shape} in {ref.images[0].name}")
+        label = self.check_label(raw, ref.label, problems) if raw is not None else None
+        if problems or image is None:
+            return None, problems
+        affine = np.diag([rad.spacing[0], rad.spacing[1], 1.0, 1.0])
+        # images are (C, X, Y, 1); intensities shifted so the minimum is zero-free background
+        img = (image - float(image.min()) + 1.0)[None, :, :, None].astype(np.float32)
+        return Case(ref=ref, image=img, affine=affine, label=None if label is None else label[:, :, None],
+                    extra={"spacing_source": rad.spacing_source, "photometric": rad.photometric}), []
+
+
+def read_mask(path: Path, max_voxels: int = DEFAULT_MAX_VOXELS) -> np.ndarray:
+    """A 2D mask ``(X, Y)`` (X = column) from a PNG (greyscale or equal RGB channels) or NIfTI file."""
+    if path.suffix.lower() == ".png":
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(path) as im:
+                if im.width * im.height > max_voxels:
+                    raise DataError(path, f"mask of {im.width}x{im.height} exceeds the budget of {max_voxels} voxels")
+                arr = np.asarray(im)
+        except (UnidentifiedImageError, OSError, SyntaxError) as e:
+            raise DataError(path, f"not a readable PNG file ({type(e).__name__}: {e})") from e
+        if arr.ndim == 3:
+            if not all(np.array_equal(arr[..., 0], arr[..., i]) for i in range(1, min(arr.shape[2], 3))):
+                raise DataError(path, "colour mask: expected greyscale (or equal RGB channels)")
+            arr = arr[..., 0]
+        return np.ascontiguousarray(arr.T)
+    vol = read_nifti(path, ndim=(2, 3), max_voxels=max_voxels)
+    data = vol.data
+    if data.ndim == 3:
+        if data.shape[2] != 1:
+            raise DataError(path, f"expected a 2D mask, got shape {data.shape}")
+        data = data[:, :, 0]
+    return data
