@@ -49,6 +49,23 @@ class Normalization(str, Enum):
     none = "none"
 
 
+class PredictSource(str, Enum):
+    """What ``predict`` reads: 4D NIfTI files, or a dataset folder read with the ``data`` settings."""
+
+    files = "files"
+    data = "data"
+
+
+class SynthLayout(str, Enum):
+    """Layouts the built-in data generator writes."""
+
+    msd = "msd"
+    brats2021 = "brats2021"
+    brats2023 = "brats2023"
+    dicom = "dicom"
+    xray = "xray"
+
+
 class Device(str, Enum):
     """Where to run the network."""
 
@@ -199,7 +216,9 @@ class ExportConfig:
 class PredictConfig:
     """Batch prediction from an exported artifact."""
 
+    source: PredictSource = PredictSource.files
     pattern: str = "*.nii.gz"
+    cases: list[str] = field(default_factory=list)
     skip_existing: bool = True
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
@@ -213,6 +232,7 @@ class SynthDataConfig:
     n_test: int = 6
     spacing: float = 1.5
     seed: int = 0
+    layout: SynthLayout = SynthLayout.msd
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The ``medseg`` command.
 
     medseg <stage> [hydra overrides...]     stage: prepare, train, evaluate, export, predict, run
-    medseg synth OUT_DIR [n=24] [n_test=6] [seed=0] [spacing=1.5]
+    medseg synth OUT_DIR [layout=msd|brats2021|brats2023|dicom|xray] [n=24] [n_test=6] [seed=0] [spacing=1.5]
 
 Overrides are checked against the typed schema before the stage starts: a misspelt key or an
 invalid value is reported in one line with the valid choices, and the exit status is 2.
@@ -99,23 +99,31 @@ def synth(args: list[str]) -> int:
     """``medseg synth OUT_DIR [key=value ...]``: write the built-in dataset."""
     from dataclasses import fields
 
-    from medseg.data.synthetic import SynthConfig, write_msd_dataset
+    from medseg.data.synthetic import SynthConfig
+    from medseg.data.synthetic_formats import LAYOUTS, write_dataset
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     positional = [a for a in args if "=" not in a]
     if len(positional) != 1:
-        sys.stderr.write("usage: medseg synth OUT_DIR [n=24] [n_test=6] [seed=0] [spacing=1.5] "
+        sys.stderr.write("usage: medseg synth OUT_DIR [layout=msd] [n=24] [n_test=6] [seed=0] [spacing=1.5] "
                          "[tumour_free_fraction=0.15] [vary_grid=true]\n")
         return 2
     types = {f.name: f.type for f in fields(SynthConfig)}
     kwargs: dict[str, object] = {}
+    layout = "msd"
     for a in args:
         if "=" not in a:
             continue
         key, value = a.split("=", 1)
+        if key == "layout":
+            if value not in LAYOUTS:
+                sys.stderr.write(f"medseg synth: error: layout={value!r} is not known; valid: {', '.join(LAYOUTS)}\n")
+                return 2
+            layout = value
+            continue
         if key not in types or key == "fov_mm":
             sys.stderr.write(f"medseg synth: error: unknown option '{key}'; valid: "
-                             f"{', '.join(k for k in types if k != 'fov_mm')}\n")
+                             f"layout, {', '.join(k for k in types if k != 'fov_mm')}\n")
             return 2
         try:
             kwargs[key] = _parse(value, str(types[key]))
@@ -125,7 +133,7 @@ def synth(args: list[str]) -> int:
     from medseg.errors import MedsegError
 
     try:
-        out = write_msd_dataset(positional[0], SynthConfig(**kwargs))
+        out = write_dataset(positional[0], SynthConfig(**kwargs), layout)
     except MedsegError as e:
         sys.stderr.write(f"medseg synth: error: {e}\n")
         return 2

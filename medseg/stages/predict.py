@@ -1,9 +1,12 @@
 """``predict``: run an exported artifact on a folder of cases.
 
 Needs only the artifact (``paths.artifact``) and the input folder (``paths.input``): no training
-config, no checkpoint. Each input is a 4D NIfTI with channels last in the order the artifact's
-metadata lists. Writes ``<case>.nii.gz`` label maps on each input's own grid (same shape and
-affine) and ``predictions.json`` with per-case status, time and peak memory. Cases whose output
+config, no checkpoint. With ``predict.source=files`` (default) each input is a 4D NIfTI with
+channels last in the order the artifact's metadata lists; with ``predict.source=data`` the input is
+a dataset folder read like ``prepare`` reads one (``data.source``: BraTS folders, NIfTI patterns,
+DICOM studies, X-ray DICOM), optionally restricted to ``predict.cases``. Writes ``<case>.nii.gz``
+label maps on each input's own grid (same shape and affine; for DICOM the grid built from the first
+channel's series) and ``predictions.json`` with per-case status, time and peak memory. Cases whose output
 already exists are skipped (``predict.skip_existing``); a bad case is reported and skipped, and
 the stage fails at the end if any case failed.
 """
@@ -12,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import resource
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from medseg.data.io.nifti import read_header, read_nifti, write_nifti
+from medseg.data.sources import CaseRef, make_source
 from medseg.engine.inference import CasePredictor, torch_network
 from medseg.engine.trainer import pick_device
 from medseg.errors import DataError, MedsegError, PartialFailure
@@ -28,6 +34,9 @@ from medseg.stages.common import plain, require_path
 from medseg.utils.files import write_json
 
 log = logging.getLogger(__name__)
+
+#: What loading one input gives: image ``(C, X, Y, Z)``, affine, and the NIfTI header to copy (or None).
+Loaded = tuple[np.ndarray, np.ndarray, Any]
 
 
 def case_name(path: Path) -> str:
@@ -73,26 +82,62 @@ def list_inputs(inputs: Path, pattern: str) -> list[Path]:
     return [inputs]
 
 
+def file_inputs(inputs: Path, pattern: str, n_channels: int) -> list[tuple[str, Path, Callable[[], Loaded]]]:
+    """``(name, path, loader)`` of 4D NIfTI inputs; loaders return ``(image, affine, like header)``."""
+    files = list_inputs(inputs, pattern)
+    if not files:
+        raise DataError(inputs, f"no files match predict.pattern={pattern!r}")
+
+    def loader(f: Path) -> Callable[[], Loaded]:
+        return lambda: (*load_input(f, n_channels), read_header(f))
+
+    return [(case_name(f), f, loader(f)) for f in files]
+
+
+def dataset_inputs(cfg: DictConfig, inputs: Path, channels: tuple[str, ...]
+                   ) -> list[tuple[str, Path, Callable[[], Loaded]]]:
+    """Cases of a dataset folder read with the ``data`` source settings (any layout, DICOM too)."""
+    from medseg.stages.prepare import source_options
+
+    kind = str(getattr(cfg.data.source, "value", cfg.data.source))
+    source = make_source(kind, str(inputs), **source_options(cfg.data))
+    if tuple(source.channels) != tuple(channels):
+        raise DataError(inputs, f"the {kind} source gives channels {list(source.channels)}, "
+                                f"the model expects {list(channels)}")
+    wanted = set(cfg.predict.cases or [])
+    refs = [replace(r, label=None) for r in source.cases() if not wanted or r.name in wanted]
+    missing = wanted - {r.name for r in refs}
+    if missing:
+        raise DataError(inputs, f"predict.cases {sorted(missing)} are not in the dataset")
+
+    def loader(ref: CaseRef) -> Callable[[], Loaded]:
+        def load() -> Loaded:
+            case = source.load(ref)
+            return case.image, case.affine, None
+        return load
+
+    return [(r.name, r.images[0], loader(r)) for r in refs]
+
+
 def predict_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run the predict stage (see module docstring)."""
     art = load_artifact(require_path(cfg, "artifact", "predict"))
     inputs = require_path(cfg, "input", "predict")
-    files = list_inputs(inputs, str(cfg.predict.pattern))
-    if not files:
-        raise DataError(inputs, f"no files match predict.pattern={cfg.predict.pattern!r}")
+    if str(getattr(cfg.predict.source, "value", cfg.predict.source)) == "data":
+        items = dataset_inputs(cfg, inputs, art.spec.channels)
+    else:
+        items = file_inputs(inputs, str(cfg.predict.pattern), len(art.spec.channels))
     predictor = predictor_from_artifact(art, plain(cfg.predict.inference))
-    n_channels = len(art.spec.channels)
     results = []
-    for f in files:
-        name = case_name(f)
+    for name, f, load in items:
         out = out_dir / f"{name}.nii.gz"
         if cfg.predict.skip_existing and out.exists():
             results.append({"case": name, "status": "skipped (output exists)", "output": str(out)})
             continue
         try:
-            image, affine = load_input(f, n_channels)
+            image, affine, like = load()
             pred = predictor(image, affine, name=str(f))
-            write_nifti(out, pred.label, affine, like=read_header(f))
+            write_nifti(out, pred.label, affine, like=like)
         except MedsegError as e:
             log.error("predict %s failed: %s", name, e)
             results.append({"case": name, "status": "failed", "error": str(e)})

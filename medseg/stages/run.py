@@ -13,7 +13,8 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from medseg.data.synthetic import SynthConfig, write_msd_dataset
+from medseg.data.synthetic import SynthConfig
+from medseg.data.synthetic_formats import write_dataset
 from medseg.stages.common import run_in_dir
 from medseg.stages.evaluate import evaluate_stage
 from medseg.stages.export import export_stage
@@ -29,9 +30,10 @@ def synthesize(cfg: DictConfig) -> Path:
     """Write the built-in dataset described by ``cfg.synth`` into ``cfg.data.root``."""
     root = Path(cfg.data.root)
     s = cfg.synth
-    log.info("synth: writing %d built-in cases (%d test) to %s", s.n, s.n_test, root)
-    return write_msd_dataset(root, SynthConfig(n=int(s.n), n_test=int(s.n_test), spacing=float(s.spacing),
-                                               seed=int(s.seed)))
+    layout = str(getattr(s.layout, "value", s.layout))
+    log.info("synth: writing %d built-in cases (%s layout) to %s", s.n, layout, root)
+    return write_dataset(root, SynthConfig(n=int(s.n), n_test=int(s.n_test) if layout == "msd" else 0,
+                                           spacing=float(s.spacing), seed=int(s.seed)), layout)
 
 
 def run_stage_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
@@ -49,7 +51,13 @@ def run_stage_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         summaries["export"] = run_in_dir(export_stage, cfg, out_dir / "export", clean_dir=True)
         cfg.paths.artifact = summaries["export"]["artifact"]
         datalist = read_json(out_dir / "prepare" / "datalist.json")
-        cfg.paths.input = str(write_text(out_dir / "predict_inputs.txt", "\n".join(_test_images(datalist)) + "\n"))
+        if str(getattr(cfg.data.source, "value", cfg.data.source)) == "msd":
+            cfg.paths.input = str(write_text(out_dir / "predict_inputs.txt",
+                                             "\n".join(e["source_images"][0] for e in _test_split(datalist)) + "\n"))
+        else:  # read the test cases from the dataset itself (BraTS folders, DICOM, X-ray, ...)
+            cfg.predict.source = "data"
+            cfg.predict.cases = [e["name"] for e in _test_split(datalist)]
+            cfg.paths.input = str(cfg.data.root)
         summaries["predict"] = run_in_dir(predict_stage, cfg, out_dir / "predict", clean_dir=True)
     dice = summaries["evaluate"]["dice"]
     log.info("run finished. Test-set Dice per region: %s",
@@ -57,7 +65,6 @@ def run_stage_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return {"test_dice": dice, "test_hd95_mm": summaries["evaluate"]["hd95_mm"], "stages": summaries}
 
 
-def _test_images(datalist: dict[str, Any]) -> list[str]:
-    """Source image files of the test split (validation if there is no test split)."""
-    test = datalist.get("test") or datalist.get("validation") or datalist["train"]
-    return [e["source_images"][0] for e in test]
+def _test_split(datalist: dict[str, Any]) -> list[dict[str, Any]]:
+    """Entries of the test split (validation if there is no test split)."""
+    return datalist.get("test") or datalist.get("validation") or datalist["train"]

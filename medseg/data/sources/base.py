@@ -150,6 +150,27 @@ def grid_mismatch(ref_affine: np.ndarray, ref_shape: tuple[int, ...], affine: np
     return None
 
 
+def align_to_grid(data: np.ndarray, affine: np.ndarray, ref_affine: np.ndarray, ref_shape: tuple[int, ...],
+                  tol_mm: float) -> np.ndarray | None:
+    """Reorder the axes of ``data`` so that it lies on the reference grid, when it covers the same
+    voxel centres in another axis order or direction (e.g. a label saved in LPS for an RAS image).
+
+    Returns:
+        The reordered array, or ``None`` when the grids differ by more than an axis permutation/flip.
+    """
+    from nibabel import orientations as ornt
+
+    if data.ndim != 3:
+        return None
+    src, ref = ornt.io_orientation(affine), ornt.io_orientation(ref_affine)
+    transform = ornt.ornt_transform(src, ref)
+    moved = ornt.apply_orientation(data, transform)
+    new_affine = affine @ ornt.inv_ornt_aff(transform, data.shape)
+    if grid_mismatch(ref_affine, ref_shape, new_affine, moved.shape, tol_mm) is None:
+        return np.ascontiguousarray(moved)
+    return None
+
+
 def resolve_inside(root: Path, rel: str | Path, listed_in: Path) -> tuple[Path, str | None]:
     """Resolve a path listed in a dataset file; refuse symlink loops and paths outside ``root``.
 
@@ -196,33 +217,41 @@ def walk_files(root: Path, skip: tuple[Path, ...] = ()) -> list[Path]:
 
 
 def read_channels(ref: CaseRef, n_channels: int, max_voxels: int, problems: list[str]
-                  ) -> list[NiftiVolume] | None:
-    """Read a case's NIfTI channel files (one 4D file or one 3D file per channel), collecting problems."""
-    vols: list[NiftiVolume] = []
+                  ) -> list[NiftiVolume | None] | None:
+    """Read a case's NIfTI channel files (one 4D file or one 3D file per channel), collecting problems.
+
+    Returns:
+        One volume per channel (``None`` where that channel's file has a problem), or ``None`` when
+        the files do not give the expected channels at all.
+    """
+    vols: list[NiftiVolume | None] = []
     for path in ref.images:
         try:
             vols.append(read_nifti(path, ndim=(3, 4), max_voxels=max_voxels))
         except DataError as e:
             problems.append(str(e))
-    if len(vols) != len(ref.images):
-        return None
-    if len(vols) == 1 and vols[0].data.ndim == 4:
-        n = vols[0].data.shape[-1]
-        if n != n_channels:
-            problems.append(f"{ref.images[0]}: expected {n_channels} channels, got {n}")
+            vols.append(None)
+    if len(vols) == 1:
+        v = vols[0]
+        if v is None:
             return None
-        return [NiftiVolume(np.ascontiguousarray(vols[0].data[..., c]), vols[0].affine, vols[0].path)
-                for c in range(n)]
+        if v.data.ndim == 4 or n_channels == 1:
+            n = v.data.shape[-1] if v.data.ndim == 4 else 1
+            if n != n_channels:
+                problems.append(f"{ref.images[0]}: expected {n_channels} channels, got {n}")
+                return None
+            data = v.data if v.data.ndim == 4 else v.data[..., None]
+            return [NiftiVolume(np.ascontiguousarray(data[..., c]), v.affine, v.path) for c in range(n)]
     if len(vols) != n_channels:
         problems.append(f"{ref.images[0]}: expected {n_channels} channel files, got {len(vols)}")
         return None
-    out = []
+    out: list[NiftiVolume | None] = []
     for v in vols:
-        if v.data.ndim == 4 and v.data.shape[-1] != 1:
+        if v is not None and v.data.ndim == 4 and v.data.shape[-1] != 1:
             problems.append(f"{v.path}: expected a 3D image for one channel, got shape {v.data.shape}")
-            continue
-        out.append(NiftiVolume(v.data.reshape(v.data.shape[:3]), v.affine, v.path))
-    return out if len(out) == n_channels else None
+            v = None
+        out.append(None if v is None else NiftiVolume(v.data.reshape(v.data.shape[:3]), v.affine, v.path))
+    return out
 
 
 def check_nifti_case(source: Source, ref: CaseRef) -> tuple[Case | None, list[str]]:
@@ -230,33 +259,44 @@ def check_nifti_case(source: Source, ref: CaseRef) -> tuple[Case | None, list[st
     channel count, empty channels, shape/spacing/affine mismatches, label values."""
     problems = list(ref.problems)
     missing = [f for f in ref.files if not f.is_file()]
-    problems += [f"{f}: file not found" for f in missing]
-    if missing:
-        return None, problems
-    vols = read_channels(ref, len(source.channels), source.max_voxels, problems)
+    problems += [f"{f}: file not found" for f in missing if f"{f}: file not found" not in problems]
+    vols = read_channels(ref, len(source.channels), source.max_voxels, problems) if not any(
+        f in missing for f in ref.images) else None
     lab_vol = None
-    if ref.label is not None:
+    if ref.label is not None and ref.label not in missing:
         try:
             lab_vol = read_nifti(ref.label, ndim=(3,), max_voxels=source.max_voxels)
         except DataError as e:
             problems.append(str(e))
-    if vols is None:
+    readable = [v for v in vols or [] if v is not None]
+    if not readable:
         return None, problems
-    first = vols[0]
+    first = readable[0]
+    channels = []
     for v, name in zip(vols, source.channels):
+        if v is None:
+            continue
         if not v.data.any():
             problems.append(f"{v.path}: channel {name!r} is empty (every voxel is zero)")
-    for v in vols[1:]:
-        if (why := grid_mismatch(first.affine, first.data.shape, v.affine, v.data.shape, source.affine_tol_mm)):
-            problems.append(f"{v.path}: {why} of {first.path.name}")
+        channels.append(v.data if v is first else _on_grid(v, first, source.affine_tol_mm, problems, ""))
     label = None
     if lab_vol is not None:
-        why = grid_mismatch(first.affine, first.data.shape, lab_vol.affine, lab_vol.data.shape,
-                            source.affine_tol_mm)
-        if why:
-            problems.append(f"{ref.label}: label {why} of {first.path.name}")
-        label = source.check_label(lab_vol.data, ref.label, problems)
+        raw = _on_grid(lab_vol, first, source.affine_tol_mm, problems, "label ")
+        if raw is not None:
+            label = source.check_label(raw, ref.label, problems)
     if problems:
         return None, problems
-    image = np.stack([v.data for v in vols])
+    image = np.stack(channels)
     return Case(ref=ref, image=image, affine=first.affine, label=label), []
+
+
+def _on_grid(vol: NiftiVolume, ref: NiftiVolume, tol_mm: float, problems: list[str], what: str
+             ) -> np.ndarray | None:
+    """``vol``'s data on ``ref``'s grid (same grid, or the same voxels in another axis order)."""
+    why = grid_mismatch(ref.affine, ref.data.shape, vol.affine, vol.data.shape, tol_mm)
+    if why is None:
+        return vol.data
+    aligned = align_to_grid(vol.data, vol.affine, ref.affine, ref.data.shape, tol_mm)
+    if aligned is None:
+        problems.append(f"{vol.path}: {what}{why} of {ref.path.name}")
+    return aligned

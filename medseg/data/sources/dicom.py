@@ -21,7 +21,7 @@ import numpy as np
 
 from medseg.data.io.dicom import SeriesInfo, _looks_like_dicom, read_radiograph, read_series, scan
 from medseg.data.io.nifti import DEFAULT_MAX_VOXELS, read_nifti
-from medseg.data.sources.base import Case, CaseRef, Source, grid_mismatch, walk_files
+from medseg.data.sources.base import Case, CaseRef, Source, align_to_grid, grid_mismatch, walk_files
 from medseg.errors import ConfigError, DataError
 from medseg.utils.files import read_json
 
@@ -189,8 +189,12 @@ class DicomSource(Source):
         data = [first.data]
         for c, v in zip(self.channels[1:], vols[1:]):
             why = grid_mismatch(first.affine, first.data.shape, v.affine, v.data.shape, self.affine_tol_mm)
+            aligned = None if why is None else align_to_grid(v.data, v.affine, first.affine, first.data.shape,
+                                                             self.affine_tol_mm)
             if why is None:
                 data.append(v.data)
+            elif aligned is not None:
+                data.append(aligned)
             elif self.resample_channels:
                 data.append(resample_to(v.data, v.affine, first.affine, first.data.shape))
             else:
@@ -202,10 +206,14 @@ class DicomSource(Source):
         if ref.label is not None:
             try:
                 lab = read_nifti(ref.label, ndim=(3,), max_voxels=self.max_voxels)
+                raw = lab.data
                 why = grid_mismatch(first.affine, first.data.shape, lab.affine, lab.data.shape, self.affine_tol_mm)
                 if why:
-                    problems.append(f"{ref.label}: label {why} of channel {self.channels[0]!r}")
-                label = self.check_label(lab.data, ref.label, problems)
+                    raw = align_to_grid(lab.data, lab.affine, first.affine, first.data.shape, self.affine_tol_mm)
+                    if raw is None:
+                        problems.append(f"{ref.label}: label {why} of channel {self.channels[0]!r}")
+                if raw is not None:
+                    label = self.check_label(raw, ref.label, problems)
             except DataError as e:
                 problems.append(str(e))
         if problems:
