@@ -29,5 +29,8 @@ test: $(STAMP)
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
+bench: $(STAMP)
+	$(BIN)/python bench/prepare.py
+
 clean:
 	rm -rf outputs multirun .cache data/demo .pytest_cache
