@@ -62,14 +62,17 @@ def main() -> None:
         shapes = {nib.load(p).shape for p in root.glob("*/*_flair.nii.gz")}
         median_shape = np.median(np.asarray(sorted(shapes)), axis=0).astype(int).tolist()
         cold, warm, changed = [], [], []
+        stage: dict[str, list[float]] = {"cold": [], "warm": [], "changed": []}
         for r in range(args.repeats):
             cache = work / f"cache{r}"
             s, summary = prepare(root, cache, work / "out", args.workers)
             assert summary["reused_from_cache"] == 0
             cold.append(s)
+            stage["cold"].append(summary["seconds"])
             s, summary = prepare(root, cache, work / "out", args.workers)
             assert summary["reused_from_cache"] == args.cases
             warm.append(s)
+            stage["warm"].append(summary["seconds"])
             victim = sorted(root.glob("*/*_t2.nii.gz"))[r]
             img = nib.load(victim)
             data = np.asarray(img.dataobj).copy()
@@ -78,13 +81,16 @@ def main() -> None:
             s, summary = prepare(root, cache, work / "out", args.workers)
             assert summary["reused_from_cache"] == args.cases - 1
             changed.append(s)
+            stage["changed"].append(summary["seconds"])
         c, w, o = (statistics.median(x) for x in (cold, warm, changed))
         print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
               f"Python {platform.python_version()}")
         print(f"dataset: {args.cases} BraTS 2021-layout cases, 4 channels, median shape {median_shape}")
-        print(f"prepare cold (empty cache)    median {c:6.1f} s   runs {[round(x, 1) for x in cold]}")
-        print(f"prepare warm (nothing changed) median {w:6.1f} s   runs {[round(x, 1) for x in warm]}")
-        print(f"prepare after one file changed median {o:6.1f} s   runs {[round(x, 1) for x in changed]}")
+        print("wall time of `medseg prepare` (process start included); in brackets the stage itself")
+        for label, runs, key in (("cold (empty cache)", cold, "cold"), ("warm (nothing changed)", warm, "warm"),
+                                 ("one file changed", changed, "changed")):
+            print(f"prepare {label:24s} median {statistics.median(runs):6.1f} s "
+                  f"[{statistics.median(stage[key]):5.1f} s]   runs {[round(x, 1) for x in runs]}")
         print(f"warm / cold = {w / c:.2f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -213,3 +213,26 @@ def test_cache_is_reused_and_only_changed_cases_rebuild(brats_root, tmp_path):
     assert fourth["cache"] != first["cache"] and fourth["reused_from_cache"] == 0
     entries = list(Path(first["cache"]).iterdir())
     assert len(entries) == 6 and all((e / "meta.json").is_file() for e in entries)  # 5 + the rebuilt one
+
+
+def test_dicom_prepare_lists_series_problems_and_skips_bad_studies(tmp_path):
+    from medseg.data.synthetic_formats import write_dicom_dataset
+
+    root = write_dicom_dataset(tmp_path / "dcm", SynthConfig(n=3, spacing=6.0, seed=8), workers=1)
+    flair = sorted((root / "dicom" / "SUBJ002").glob("*/SE002/IM*"))
+    flair[len(flair) // 2].unlink()  # a slice lost in transfer
+    (root / "dicom" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"\x02\x00")
+    args = ["prepare", "data=dicom", f"data.root={root}", f"paths.cache_dir={tmp_path / 'cache'}",
+            "hydra.run.dir=out", *TINY, "data.workers=2"]
+    proc = run_medseg(args, tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    report = json.loads((tmp_path / "out" / "verification.json").read_text())
+    assert any("broken.dcm: not a readable DICOM file" in p for p in report["dataset_problems"])
+    bad = {c["name"]: c["problems"] for c in report["cases"] if not c["ok"]}
+    assert list(bad) == ["SUBJ002"] and "missing slice(s)" in bad["SUBJ002"][0]
+    assert "(channel 'FLAIR')" in bad["SUBJ002"][0]
+    shutil.rmtree(tmp_path / "out")
+    proc = run_medseg([*args, "data.skip_bad=true"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["quarantined"] == ["SUBJ002"] and summary["cases"] == 2

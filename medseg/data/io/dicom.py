@@ -32,6 +32,7 @@ from pydicom.errors import InvalidDicomError
 from medseg.errors import DataError
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
 ORIENTATION_TOL = 1e-4
 #: SOP classes that hold no image (directories, reports, segmentations are not inputs).
 _NON_IMAGE_MODALITIES = {"SR", "SEG", "RTSTRUCT", "RTPLAN", "PR", "KO", "REG", "DOC"}
@@ -54,9 +55,12 @@ class SeriesInfo:
 def read_header(path: Path) -> Dataset:
     """Read a DICOM file's header (no pixel data), refusing unreadable or truncated files."""
     try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
     except (InvalidDicomError, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise DataError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from e
+    if "SOPClassUID" not in ds and "DirectoryRecordSequence" not in ds:
+        raise DataError(path, "not a readable DICOM file (no SOPClassUID: truncated or corrupt header)")
+    return ds
 
 
 def scan(files: Sequence[Path]) -> tuple[list[SeriesInfo], list[str]]:
@@ -79,9 +83,16 @@ def scan(files: Sequence[Path]) -> tuple[list[SeriesInfo], list[str]]:
         except DataError as e:
             problems.append(str(e))
             continue
-        if "SeriesInstanceUID" not in ds or "PixelData" not in _tags_present(ds, path):
-            continue  # DICOMDIR, structured reports, ...
-        if str(ds.get("Modality", "")) in _NON_IMAGE_MODALITIES:
+        meta_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
+        if meta_class == MEDIA_STORAGE_DIRECTORY:
+            continue  # a DICOMDIR index
+        if "SOPClassUID" not in ds:  # pydicom reads truncated or garbage headers without complaint
+            problems.append(f"{path}: not a readable DICOM file (no SOPClassUID: truncated or corrupt header)")
+            continue
+        if str(ds.get("Modality", "")) in _NON_IMAGE_MODALITIES or "Rows" not in ds:
+            continue  # structured reports, segmentations, RT objects, ...
+        if "SeriesInstanceUID" not in ds:
+            problems.append(f"{path}: image without SeriesInstanceUID")
             continue
         uid = str(ds.SeriesInstanceUID)
         info = series.get(uid)
@@ -105,11 +116,6 @@ def _looks_like_dicom(path: Path) -> bool:
     except OSError:
         return False
     return len(head) == 132 and head[128:132] == b"DICM" or path.suffix.lower() in {".dcm", ".dicom", ".ima"}
-
-
-def _tags_present(ds: Dataset, path: Path) -> set[str]:
-    # stop_before_pixels drops PixelData; a file of an image SOP class has Rows
-    return {"PixelData"} if "Rows" in ds else set()
 
 
 def check_decodable(ds: Dataset, path: Path) -> None:
