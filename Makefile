@@ -31,6 +31,7 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/prepare.py
+	$(BIN)/python bench/plan_memory.py
 
 clean:
 	rm -rf outputs multirun .cache data/demo .pytest_cache

@@ -50,3 +50,26 @@ def test_bad_overrides_are_explained(override, fragment):
 
 def test_good_overrides_pass():
     assert check_overrides(["train.max_epochs=3", "model=unet3d_fast", "experiment=demo"]) is None
+
+
+DATA_GROUPS = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("group", DATA_GROUPS)
+def test_every_data_source_composes_and_builds_its_source(group, tmp_path):
+    from medseg.data.sources import SOURCES
+    from medseg.stages.prepare import source_options
+
+    cfg = _compose([f"data={group}", f"data.root={tmp_path}"])
+    kind = cfg.data.source.value
+    assert kind == group and kind in SOURCES
+    options = source_options(cfg.data)
+    assert options["max_voxels"] > 0 and "skip_bad" not in options
+    if kind == "dicom":
+        import re
+
+        patterns = {c: re.compile(p, re.IGNORECASE) for c, p in cfg.data.series_patterns.items()}
+        picks = {c: [d for d in ("AX T2 FLAIR", "T1 SE AX", "T1 AX POST GD", "T2 TSE AX", "T1 MPRAGE C+", "T2*")
+                     if p.search(d)] for c, p in patterns.items()}
+        assert picks == {"FLAIR": ["AX T2 FLAIR"], "T1w": ["T1 SE AX"], "t1gd": ["T1 AX POST GD", "T1 MPRAGE C+"],
+                         "T2w": ["T2 TSE AX"]}

@@ -19,9 +19,14 @@ from typing import Any
 import numpy as np
 
 ANISOTROPY_THRESHOLD = 3.0
-#: Tensors kept per voxel and feature channel in one training step of a U-Net level (conv output,
-#: norm output, activation, skip/concatenation and their gradients), fitted on CPU measurements.
-ACTIVATIONS_PER_LEVEL = 10.0
+#: Memory model of one training step (fp32, AdamW, Dice + cross-entropy), calibrated with
+#: ``bench/plan_memory.py`` against the peak RSS of real CPU steps (48³-96³ patches, batch 1-2,
+#: 0 or 1 residual units). MONAI's U-Net downsamples in its first layer, so level ``l`` holds
+#: ``channels[l]`` features at ``1 / prod(strides[:l + 1])`` of the patch.
+FLOATS_PER_FEATURE = 10.0      # conv, norm and activation outputs and their gradients, per level
+RESIDUAL_FACTOR = 2.3          # extra per residual unit (up to two counted)
+FLOATS_PER_CLASS = 6.0         # full-resolution logits, softmax, one-hot target, their gradients
+SAFETY = 1.25                  # allocator slack, cuDNN workspaces on GPUs
 BYTES_FP32 = 4
 
 
@@ -42,23 +47,21 @@ def estimate_memory_gb(patch: Sequence[int], model: Mapping[str, Any], in_channe
                        batch_size: int) -> float:
     """Estimated memory (GB) of one fp32 training step with AdamW for a U-Net on ``patch``.
 
-    Activations: per level, ``ACTIVATIONS_PER_LEVEL`` tensors of ``channels[level]`` features at
-    that level's resolution (a level with residual units keeps about twice as many); weights,
-    gradients and two Adam moments for the parameters; input and output tensors.
+    Activations per level (see the constants above), input and full-resolution outputs per
+    sample; weights, gradients and two Adam moments for the parameters; times ``SAFETY``.
     """
     channels = [int(c) for c in model["channels"]]
-    strides = [1] + [int(s) for s in model["strides"]]
-    res = 1 + min(int(model.get("num_res_units", 0)), 2) * 0.5
+    strides = [int(s) for s in model["strides"]] + [2]
+    res = 1 + RESIDUAL_FACTOR * min(int(model.get("num_res_units", 0)), 2)
     voxels = float(np.prod([int(p) for p in patch]))
     dims = len([p for p in patch if int(p) > 1]) or 1
-    act = 0.0
+    per_voxel = in_channels + FLOATS_PER_CLASS * num_classes
     scale = 1.0
     for c, s in zip(channels, strides):
         scale *= s ** dims
-        act += ACTIVATIONS_PER_LEVEL * res * c * voxels / scale
-    act += voxels * (in_channels + 3 * num_classes)
+        per_voxel += FLOATS_PER_FEATURE * res * c / scale
     params = _parameter_estimate(channels, in_channels, num_classes, dims)
-    total = batch_size * act * BYTES_FP32 + params * 4 * BYTES_FP32
+    total = (batch_size * voxels * per_voxel + 4 * params) * BYTES_FP32 * SAFETY
     return total / 1024**3
 
 

@@ -22,8 +22,6 @@ Axis order of returned arrays: image ``(X, Y, Z, C)`` (channel last, as MSD stor
 from __future__ import annotations
 
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +30,7 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.utils.files import atomic_path, write_json
+from medseg.utils.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -302,13 +301,7 @@ def write_msd_dataset(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), wor
         jobs.append((out, name, split, cfg.seed * 100003 + i, not bool(tumour_free[i]), cfg))
         entry = {"image": f"./images{split}/{name}.nii.gz", "label": f"./labels{split}/{name}.nii.gz"}
         (test if split == "Ts" else training).append(entry)
-    if workers > 1 and len(jobs) > 1:
-        ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            list(pool.map(_write_case, *zip(*jobs)))
-    else:
-        for job in jobs:
-            _write_case(*job)
+    parallel_map(_write_case, jobs, workers)
     write_json(out / "dataset.json", {
         "name": "BRATS",
         "description": "medseg built-in synthetic BraTS-like gliomas (MSD Task01 layout)",

@@ -17,8 +17,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -28,6 +26,7 @@ from scipy import ndimage
 from medseg.data.io.dicom_write import new_ids, write_radiograph, write_series
 from medseg.data.sources.brats import RELEASES
 from medseg.data.synthetic import SynthConfig, _spread, _write_nifti, generate_case
+from medseg.utils.parallel import parallel_map
 
 #: internal code -> file code of each BraTS release
 _TO_BRATS = {"brats2021": {0: 0, 1: 2, 2: 1, 3: 4}, "brats2023": {0: 0, 1: 2, 2: 1, 3: 3}}
@@ -39,16 +38,6 @@ def _tumour_flags(cfg: SynthConfig) -> np.ndarray:
     return _spread(cfg.n, cfg.tumour_free_fraction)
 
 
-def _run(fn, jobs: list, workers: int) -> None:  # noqa: ANN001
-    if workers > 1 and len(jobs) > 1:
-        ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            list(pool.map(fn, *zip(*jobs)))
-    else:
-        for job in jobs:
-            fn(*job)
-
-
 def write_brats_dataset(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), release: str = "brats2021",
                         workers: int = 2) -> Path:
     """Write ``cfg.n`` phantom cases as BraTS ``release`` case folders (no test split: BraTS has none)."""
@@ -57,7 +46,7 @@ def write_brats_dataset(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), r
     prefix = "BraTS2021_" if release == "brats2021" else "BraTS-GLI-"
     jobs = [(out, f"{prefix}{i:05d}" + ("" if release == "brats2021" else "-000"), release,
              cfg.seed * 100003 + i, not bool(free[i]), cfg) for i in range(cfg.n)]
-    _run(_write_brats_case, jobs, workers)
+    parallel_map(_write_brats_case, jobs, workers)
     return out
 
 
@@ -78,7 +67,7 @@ def write_dicom_dataset(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), w
     out = Path(out_dir)
     free = _tumour_flags(cfg)
     jobs = [(out, i, cfg.seed * 100003 + i, not bool(free[i]), cfg) for i in range(cfg.n)]
-    _run(_write_dicom_case, jobs, workers)
+    parallel_map(_write_dicom_case, jobs, workers)
     return out
 
 
@@ -133,7 +122,7 @@ def write_xray_dataset(out_dir: str | Path, cfg: SynthConfig = SynthConfig(spaci
     cfg = replace(cfg, vary_grid=False)
     free = _tumour_flags(cfg)
     jobs = [(out, i, cfg.seed * 100003 + i, not bool(free[i]), cfg) for i in range(cfg.n)]
-    _run(_write_xray_case, jobs, workers)
+    parallel_map(_write_xray_case, jobs, workers)
     return out
 
 

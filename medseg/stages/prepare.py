@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +39,8 @@ from medseg.data.sources import CaseRef, Source, make_source
 from medseg.errors import DataError, MedsegError
 from medseg.models.unet import size_divisor
 from medseg.stages.common import plain
-from medseg.utils.files import atomic_dir, atomic_path, read_json, sha256_file, to_json, write_json, write_text
+from medseg.utils.files import atomic_dir, read_json, sha256_file, to_json, write_json, write_text
+from medseg.utils.parallel import parallel_map
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +98,7 @@ def prepare_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                     "channels_read": list(source.channels)})
     workers = int(cfg.data.workers)
     log.info("prepare: verifying %d cases from %s", len(refs), source.root)
-    checks = _map(_verify_case, [(source, r, cache_root / "verified", src_key) for r in refs], workers)
+    checks = parallel_map(_verify_case, [(source, r, cache_root / "verified", src_key) for r in refs], workers)
     dataset_problems = list(getattr(source, "scan_problems", []))
     good = [(r, c) for r, c in zip(refs, checks) if not c["problems"]]
     bad = [(r, c) for r, c in zip(refs, checks) if c["problems"]]
@@ -116,7 +115,7 @@ def prepare_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     spec_key = _key({"spec": spec.to_json(), "source": src_key, "version": PREPROCESS_VERSION})
     cache = cache_root / "preprocessed" / spec_key
     log.info("prepare: target spacing %s mm, patch %s, cache %s", plan["target_spacing"], plan["patch_size"], cache)
-    results = _map(_prepare_case, [(source, r, c, spec, cache) for r, c in good], workers)
+    results = parallel_map(_prepare_case, [(source, r, c, spec, cache) for r, c in good], workers)
     failed = [(r, res) for (r, _), res in zip(good, results) if isinstance(res, str)]
     if failed:  # preprocessing found what verification could not (e.g. nothing left after cropping)
         _report_problems([(r, {"problems": [res]}) for r, res in failed], [], len(refs),
@@ -229,14 +228,6 @@ def make_plan(cfg: DictConfig, stats: list[dict[str, Any]], source: Source, labe
         "median_shape_at_target": [float(v) for v in median_shape],
         "two_dimensional": two_d,
     }
-
-
-def _map(fn, jobs: list, workers: int) -> list:  # noqa: ANN001
-    if workers <= 1 or len(jobs) <= 1:
-        return [fn(*j) for j in jobs]
-    ctx = multiprocessing.get_context("fork") if "fork" in multiprocessing.get_all_start_methods() else None
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx) as pool:
-        return list(pool.map(fn, *zip(*jobs)))
 
 
 def _input_hash(source: Source, ref: CaseRef, src_key: str) -> str:

@@ -93,7 +93,6 @@ class DicomSource(Source):
         self.gap_tol = float(slice_gap_tol_mm)
         self.resample_channels = bool(resample_channels)
         self.scan_problems: list[str] = []
-        self._series_of: dict[str, list[SeriesInfo]] = {}
 
     def _read_mapping(self, path: str | None) -> dict[str, dict[str, str]]:
         if not path:
@@ -167,10 +166,6 @@ class DicomSource(Source):
             else:
                 chosen.append(hits[0])
         return chosen, problems
-
-    def input_files(self, ref: CaseRef) -> tuple[Path, ...]:
-        """The files of every channel's series, plus the label."""
-        return ref.files
 
     def check(self, ref: CaseRef) -> tuple[Case | None, list[str]]:
         """Build every channel's volume and list every problem."""
