@@ -26,12 +26,12 @@ def test_planned_patch_fits_the_budget_and_shrinks_with_it():
     median = [140, 170, 140]
     big, est_big = plan_patch(median, MODEL, 4, 4, 2, budget_gb=64.0, divisor=16)
     assert big == [144, 176, 144] and est_big <= 64.0  # the whole median image
-    small, est_small = plan_patch(median, MODEL, 4, 4, 2, budget_gb=2.0, divisor=16)
-    assert est_small <= 2.0 and all(p % 16 == 0 for p in small)
+    small, est_small = plan_patch(median, MODEL, 4, 4, 2, budget_gb=0.5, divisor=16)
+    assert est_small <= 0.5 and all(p % 16 == 0 for p in small)
     assert np.prod(small) < np.prod(big)
     assert estimate_memory_gb(small, MODEL, 4, 4, 2) == pytest.approx(est_small)
     # more memory per voxel (residual units, bigger batch) means a smaller patch for the same budget
-    heavy, _ = plan_patch(median, {**MODEL, "num_res_units": 2}, 4, 4, 4, budget_gb=2.0, divisor=16)
+    heavy, _ = plan_patch(median, {**MODEL, "num_res_units": 2}, 4, 4, 4, budget_gb=0.5, divisor=16)
     assert np.prod(heavy) <= np.prod(small)
 
 
