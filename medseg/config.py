@@ -42,6 +42,36 @@ class Schedule(str, Enum):
     constant = "constant"
 
 
+class TargetMode(str, Enum):
+    """What the network predicts: one softmax channel per label, or one sigmoid per region."""
+
+    labels = "labels"
+    regions = "regions"
+
+
+class LossKind(str, Enum):
+    """Dice plus a voxel-wise term."""
+
+    dice_ce = "dice_ce"
+    dice_focal = "dice_focal"
+
+
+class OptimizerKind(str, Enum):
+    """Optimisers."""
+
+    adamw = "adamw"
+    sgd = "sgd"
+
+
+class Precision(str, Enum):
+    """Training precision; ``auto``: bf16 (or fp16) on GPUs that support it, fp32 on CPU."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+
+
 class Normalization(str, Enum):
     """Intensity normalisation of each channel."""
 
@@ -143,13 +173,29 @@ class ModelConfig:
 
 @dataclass
 class AugmentConfig:
-    """Random augmentation of training patches; each transform has its own probability."""
+    """Random augmentation of training patches; each transform has its own probability
+    (see :mod:`medseg.data.augment`)."""
 
+    rotate_prob: float = 0.2
+    rotate_deg: float = 30.0
+    scale_prob: float = 0.2
+    scale_range: float = 0.2
+    elastic_prob: float = 0.0
+    elastic_magnitude: float = 4.0
     flip_prob: float = 0.5
     intensity_scale_prob: float = 0.3
     intensity_scale: float = 0.15
     intensity_shift_prob: float = 0.3
     intensity_shift: float = 0.15
+    contrast_prob: float = 0.15
+    contrast_range: float = 0.25
+    gamma_prob: float = 0.3
+    gamma_range: float = 0.3
+    blur_prob: float = 0.1
+    blur_sigma_min: float = 0.5
+    blur_sigma_max: float = 1.0
+    lowres_prob: float = 0.1
+    lowres_factor: float = 2.0
     noise_prob: float = 0.15
     noise_std: float = 0.1
 
@@ -164,20 +210,36 @@ class TrainConfig:
     batch_size: int = 2
     patch_size: Optional[list[int]] = None
     fg_oversample: float = 0.5
+    target: TargetMode = TargetMode.labels
+    loss: LossKind = LossKind.dice_ce
+    dice_weight: float = 1.0
+    ce_weight: float = 1.0
+    focal_gamma: float = 2.0
+    optimizer: OptimizerKind = OptimizerKind.adamw
     lr: float = 3e-3
+    momentum: float = 0.99
     weight_decay: float = 1e-5
     schedule: Schedule = Schedule.cosine
     warmup_iters: int = 50
-    dice_weight: float = 1.0
-    ce_weight: float = 1.0
+    grad_clip: float = 12.0
+    precision: Precision = Precision.auto
+    compile: bool = False
     seed: int = 0
     deterministic: bool = False
+    resume: str = "auto"
+    keep_states: int = 2
+    patience: Optional[int] = None
+    fold: Optional[int] = None
+    folds: int = 5
     num_workers: int = 0
     threads: Optional[int] = None
     device: Device = Device.auto
     val_every: int = 1
     val_overlap: float = 0.25
     tensorboard: bool = True
+    mlflow: bool = False
+    mlflow_uri: Optional[str] = None
+    mlflow_experiment: str = "medseg"
     progress: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 

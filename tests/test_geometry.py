@@ -16,6 +16,7 @@ from medseg.data.sources import make_source
 from medseg.data.synthetic import SynthConfig
 from medseg.data.synthetic_formats import write_dicom_dataset
 from medseg.engine.inference import CasePredictor, torch_network
+from medseg.engine.targets import Target
 from medseg.models.unet import build_model
 
 
@@ -26,7 +27,8 @@ def test_dicom_prediction_is_written_on_the_dicom_grid(tmp_path):
     model = build_model({"spatial_dims": 3, "channels": [4, 8], "strides": [2], "num_res_units": 0,
                          "norm": "instance", "dropout": 0.0}, 4, 4).eval()
     spec = PreprocessSpec(channels=src.channels, target_spacing=(4.0, 5.0, 7.0))
-    predictor = CasePredictor(torch_network(model, torch.device("cpu")), spec, (16, 16, 16), 4)
+    predictor = CasePredictor(torch_network(model, torch.device("cpu")), spec, (16, 16, 16),
+                              Target("labels", src.labels))
     for ref in src.cases():  # one case has a sagittal T2 resampled onto the FLAIR grid
         case = src.load(ref)
         pred = predictor(case.image, case.affine, name=ref.name)

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medseg.data.augment import intensity_transform, spatial_margin, spatial_transform
+
 
 @dataclass
 class CachedCase:
@@ -45,14 +47,19 @@ def _crop_start(centre: np.ndarray, shape: Sequence[int], patch: Sequence[int]) 
 
 def extract_patch(image: np.ndarray, label: np.ndarray, start: Sequence[int],
                   patch: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Crop ``patch`` voxels from ``start`` and zero-pad where the volume is smaller."""
-    sl = tuple(slice(int(s), int(s) + int(p)) for s, p in zip(start, patch))
+    """Crop ``patch`` voxels from ``start`` (which may lie outside the volume), zero-padding outside."""
+    shape = label.shape
+    lo = [min(max(0, int(s)), n) for s, n in zip(start, shape)]
+    hi = [max(min(n, int(s) + int(p)), lo_) for s, p, n, lo_ in zip(start, patch, shape, lo)]
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
     img = np.asarray(image[(slice(None), *sl)], dtype=np.float32)
     lab = np.asarray(label[sl], dtype=np.int64)
-    if img.shape[1:] != tuple(patch):
-        pad = [(0, 0)] + [(0, int(p) - n) for p, n in zip(patch, img.shape[1:])]
-        img = np.pad(img, pad)
-        lab = np.pad(lab, pad[1:])
+    before = [a - int(s) for a, s in zip(lo, start)]
+    after = [int(p) - n - b for p, n, b in zip(patch, img.shape[1:], before)]
+    if any(before) or any(after):
+        pad = [(b, a) for b, a in zip(before, after)]
+        img = np.pad(img, [(0, 0), *pad])
+        lab = np.pad(lab, pad)
     return img, lab
 
 
@@ -98,29 +105,26 @@ class PatchDataset(Dataset):
             centre = np.array(np.unravel_index(flat, shape))
         else:
             centre = np.array([rng.integers(s) for s in shape])
-        img, lab = extract_patch(case.image, case.label, _crop_start(centre, shape, self.patch), self.patch)
-        img, lab = augment_patch(img, lab, rng, self.augment)
+        margin = np.asarray(spatial_margin(self.patch, self.augment))
+        padded = tuple(int(p) for p in np.asarray(self.patch) + 2 * margin)
+        start = _crop_start(centre, shape, self.patch) - margin  # the patch stays where sampling put it
+        img, lab = extract_patch(case.image, case.label, start, padded)
+        img, lab = augment_patch(img, lab, rng, self.augment, self.patch)
         return torch.from_numpy(img), torch.from_numpy(lab[None])
 
 
-def augment_patch(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
-                  cfg: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Random flips, per-channel intensity scale/shift and Gaussian noise (in place when possible)."""
+def augment_patch(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, cfg: Mapping[str, float],
+                  patch: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Spatial transforms (cutting ``patch`` out of the margin), mirror flips, intensity transforms.
+
+    See :mod:`medseg.data.augment`. Returns C-contiguous copies (no negative strides reach torch).
+    """
+    patch = tuple(lab.shape) if patch is None else tuple(int(p) for p in patch)
+    img, lab = spatial_transform(img, lab, patch, rng, cfg)
     for axis in range(lab.ndim):
         if rng.random() < cfg.get("flip_prob", 0.0) and lab.shape[axis] > 1:
             img = np.flip(img, axis=axis + 1)
             lab = np.flip(lab, axis=axis)
-    img = np.array(img, dtype=np.float32, order="C")  # copies: no negative strides reach torch
+    img = np.array(img, dtype=np.float32, order="C")
     lab = np.array(lab, order="C")
-    nonzero = img != 0
-    c = img.shape[0]
-    if rng.random() < cfg.get("intensity_scale_prob", 0.0):
-        s = cfg.get("intensity_scale", 0.1)
-        img *= rng.uniform(1 - s, 1 + s, size=(c,) + (1,) * lab.ndim).astype(np.float32)
-    if rng.random() < cfg.get("intensity_shift_prob", 0.0):
-        s = cfg.get("intensity_shift", 0.1)
-        img += rng.uniform(-s, s, size=(c,) + (1,) * lab.ndim).astype(np.float32)
-    if rng.random() < cfg.get("noise_prob", 0.0):
-        img += rng.normal(0, cfg.get("noise_std", 0.1), size=img.shape).astype(np.float32)
-    img *= nonzero  # keep the background exactly zero, as at inference
-    return img, lab
+    return intensity_transform(img, rng, cfg), lab

@@ -11,6 +11,7 @@ R, A, S. Spacings are in mm.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -185,20 +186,22 @@ def _zscore(image: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def restore(probs: torch.Tensor, geom: Geometry) -> np.ndarray:
-    """Map class probabilities on the preprocessed grid to a label map on the source grid.
+def restore(probs: torch.Tensor, geom: Geometry,
+            decode: Callable[[torch.Tensor], np.ndarray] | None = None) -> np.ndarray:
+    """Map probabilities on the preprocessed grid to a label map on the source grid.
 
     Args:
-        probs: ``(K, x, y, z)`` probabilities (or logits) on the preprocessed grid; channel 0 is
-            background.
+        probs: ``(K, x, y, z)`` probabilities on the preprocessed grid.
         geom: the geometry recorded by :func:`preprocess`.
+        decode: probabilities -> uint8 label map (default: argmax over classes, channel 0 being
+            background); see :meth:`medseg.engine.targets.Target.decode`.
 
     Returns:
         ``(X, Y, Z)`` uint8 label map with the source shape and voxel order.
     """
     crop_shape = tuple(b - a for a, b in geom.crop)
     probs = _resample(probs.float(), crop_shape, "trilinear")
-    labels = probs.argmax(dim=0).to(torch.uint8).numpy()
+    labels = decode(probs) if decode is not None else probs.argmax(dim=0).to(torch.uint8).numpy()
     full = np.zeros(geom.ras_shape, dtype=np.uint8)
     full[tuple(slice(a, b) for a, b in geom.crop)] = labels
     reo = Reorientation(transform=geom.transform, source_shape=geom.source_shape)

@@ -15,6 +15,7 @@ import torch
 
 from medseg.data.preprocess import PreprocessSpec, preprocess, restore
 from medseg.engine.sliding_window import Network, flip_sets, sliding_window_probs
+from medseg.engine.targets import Target
 
 
 @dataclass
@@ -37,20 +38,20 @@ class CasePredictor:
         net: network callable on ``(B, C, *patch)`` tensors returning logits.
         spec: preprocessing the network was trained with.
         patch_size: sliding-window size.
-        num_classes: output channels (background included).
+        target: what the network outputs (label-wise softmax or region-wise sigmoid).
         overlap: window overlap fraction.
         batch_size: windows per network call.
         tta_axes: spatial axes to mirror for test-time augmentation (all subsets are used).
         min_component_ml: remove connected tumour components smaller than this (ml); 0 keeps all.
     """
 
-    def __init__(self, net: Network, spec: PreprocessSpec, patch_size: Sequence[int], num_classes: int,
+    def __init__(self, net: Network, spec: PreprocessSpec, patch_size: Sequence[int], target: Target,
                  overlap: float = 0.5, batch_size: int = 2, tta_axes: Sequence[int] = (),
                  min_component_ml: float = 0.0) -> None:
         self.net = net
         self.spec = spec
         self.patch_size = tuple(int(p) for p in patch_size)
-        self.num_classes = int(num_classes)
+        self.target = target
         self.overlap = float(overlap)
         self.batch_size = int(batch_size)
         self.flips = flip_sets(tta_axes)
@@ -60,10 +61,11 @@ class CasePredictor:
         """Predict one case given its ``(C, X, Y, Z)`` image and voxel -> RAS affine."""
         start = time.perf_counter()
         pre, _, geom = preprocess(image, affine, self.spec, name=name)
-        probs = sliding_window_probs(self.net, torch.from_numpy(pre), self.patch_size, self.num_classes,
-                                     overlap=self.overlap, batch_size=self.batch_size, tta_flips=self.flips)
-        max_fg = float(probs[1:].max()) if self.num_classes > 1 else 0.0
-        label = restore(probs, geom)
+        probs = sliding_window_probs(self.net, torch.from_numpy(pre), self.patch_size, self.target.channels,
+                                     overlap=self.overlap, batch_size=self.batch_size, tta_flips=self.flips,
+                                     activation=self.target.activation)
+        max_fg = self.target.foreground_score(probs)
+        label = restore(probs, geom, self.target.decode)
         if self.min_component_ml > 0:
             spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
             label = remove_small_components(label, spacing, self.min_component_ml)

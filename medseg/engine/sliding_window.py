@@ -43,8 +43,8 @@ def window_starts(size: int, roi: int, overlap: float) -> list[int]:
 
 def sliding_window_probs(net: Network, image: torch.Tensor, roi: Sequence[int], num_classes: int,
                          overlap: float = 0.5, batch_size: int = 2,
-                         tta_flips: Sequence[Sequence[int]] = ()) -> torch.Tensor:
-    """Class probabilities over a whole image.
+                         tta_flips: Sequence[Sequence[int]] = (), activation: str = "softmax") -> torch.Tensor:
+    """Class (or region) probabilities over a whole image.
 
     Args:
         net: network callable (see module doc).
@@ -54,9 +54,11 @@ def sliding_window_probs(net: Network, image: torch.Tensor, roi: Sequence[int], 
         overlap: fraction of a window shared with its neighbour (0 <= overlap < 1).
         batch_size: windows per network call.
         tta_flips: extra passes, each a tuple of spatial axes (0-based) to flip; results are averaged.
+        activation: ``softmax`` across channels (label-wise models) or ``sigmoid`` per channel
+            (region-wise models).
 
     Returns:
-        ``(K, *spatial)`` float32 probabilities (softmax), on the CPU.
+        ``(K, *spatial)`` float32 probabilities, on the CPU.
     """
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be in [0, 1), got {overlap}")
@@ -84,7 +86,7 @@ def sliding_window_probs(net: Network, image: torch.Tensor, roi: Sequence[int], 
             x = batch.flip(dims) if dims else batch
             with torch.no_grad():
                 out = net(x)
-            out = torch.softmax(out.float(), dim=1)
+            out = torch.softmax(out.float(), dim=1) if activation == "softmax" else torch.sigmoid(out.float())
             probs += out.flip(dims) if dims else out
         probs /= len(passes)
         for sl, p in zip(slices, probs):

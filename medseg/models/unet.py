@@ -118,3 +118,36 @@ def check_relu_only(model: nn.Module) -> None:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable parameters."""
     return int(sum(p.numel() for p in model.parameters() if p.requires_grad))
+
+
+def receptive_field(model_cfg: Mapping[str, Any]) -> int:
+    """Theoretical receptive field (voxels along one axis) of MONAI's U-Net with 3-wide kernels.
+
+    Encoder: per level one strided convolution (plus one more per residual unit); bottom level the
+    same without stride; decoder: a strided transposed convolution per level (plus one more
+    convolution per residual unit). Each convolution widens the field by ``2 x`` the current jump.
+    """
+    strides = [int(s) for s in model_cfg["strides"]]
+    extra = int(model_cfg.get("num_res_units", 0))
+    rf, jump = 1, 1
+    for s in strides:  # encoder: kernel 3 at the current jump, then the stride
+        rf += 2 * jump * (1 + extra)
+        jump *= s
+    rf += 2 * jump * (1 + extra)  # bottom
+    for s in reversed(strides):  # decoder
+        jump //= s
+        rf += 2 * jump * (1 + extra)
+    return rf
+
+
+def describe_model(model: nn.Module, model_cfg: Mapping[str, Any], patch: Sequence[int], in_channels: int,
+                   out_channels: int, batch_size: int) -> str:
+    """One line: architecture, parameters, receptive field and the memory estimate for ``patch``."""
+    from medseg.data.planning import estimate_memory_gb
+
+    dims = int(model_cfg["spatial_dims"])
+    est = estimate_memory_gb(list(patch), model_cfg, in_channels, out_channels, batch_size)
+    return (f"model: MONAI UNet {dims}D, ReLU only, channels {list(model_cfg['channels'])}, "
+            f"{int(model_cfg.get('num_res_units', 0))} residual unit(s), {count_parameters(model):,} parameters, "
+            f"receptive field {receptive_field(model_cfg)} voxels, patch {list(patch)} x batch {batch_size} "
+            f"~{est:.2f} GB per training step")

@@ -22,6 +22,7 @@ from medseg.data.labels import LabelSpec
 from medseg.data.preprocess import PreprocessSpec
 from medseg.data.sources import CaseRef, Source, make_source
 from medseg.engine.inference import CasePredictor, torch_network
+from medseg.engine.targets import Target
 from medseg.engine.trainer import load_checkpoint, pick_device
 from medseg.errors import DataError
 from medseg.metrics.case import case_metrics
@@ -55,11 +56,16 @@ def predictor_from_checkpoint(path: Path, inf_cfg: dict[str, Any]) -> tuple[Case
     device = pick_device(str(inf_cfg.get("device", "auto")))
     model, meta = model_from_checkpoint(path, device)
     spec = PreprocessSpec.from_json(meta["plan"]["preprocessing"])
-    pred = CasePredictor(torch_network(model, device), spec, meta["patch_size"], int(meta["num_classes"]),
+    pred = CasePredictor(torch_network(model, device), spec, meta["patch_size"], checkpoint_target(meta),
                          overlap=float(inf_cfg["overlap"]), batch_size=int(inf_cfg["sw_batch_size"]),
                          tta_axes=inf_cfg.get("tta_flips", []),
                          min_component_ml=float(inf_cfg.get("min_component_ml") or 0.0))
     return pred, meta
+
+
+def checkpoint_target(meta: dict[str, Any]) -> Target:
+    """The target a checkpoint was trained for (label-wise for checkpoints that do not say)."""
+    return Target.from_json(meta.get("target") or meta["plan"]["labels"])
 
 
 def source_refs(plan: dict[str, Any], names: list[str]) -> dict[str, tuple[Source, CaseRef]]:

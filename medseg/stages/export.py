@@ -19,11 +19,13 @@ import torch
 from omegaconf import DictConfig
 
 from medseg.engine.sliding_window import sliding_window_probs
+from medseg.engine.targets import Target
 from medseg.engine.trainer import load_checkpoint
 from medseg.errors import ArtifactError
 from medseg.export.artifact import library_versions, load_artifact, write_artifact
 from medseg.models.unet import build_model, check_relu_only, count_parameters
 from medseg.stages.common import require_path
+from medseg.stages.evaluate import checkpoint_target
 from medseg.stages.train import load_prepared
 from medseg.utils.files import read_json, sha256_file
 
@@ -69,6 +71,7 @@ def export_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     model.load_state_dict(ckpt["model"])
     model.eval()
     check_relu_only(model)
+    target = checkpoint_target(meta)
     patch = [int(p) for p in meta["patch_size"]]
     image = parity_case(prepared)
     example = torch.zeros(1, int(meta["in_channels"]), *patch)
@@ -90,8 +93,9 @@ def export_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             "patch_size": patch,
             "file_format": "NIfTI, 4D with channels last (MSD layout), voxel -> RAS affine",
         },
-        "output": {**meta["plan"]["labels"], "num_classes": int(meta["num_classes"]),
-                   "activation": "softmax over classes; label = argmax"},
+        "output": {**target.to_json(), "num_classes": int(meta["num_classes"]),
+                   "decoding": "label = argmax over classes" if target.mode == "labels" else
+                   "label = code of the innermost region with probability > 0.5"},
         "network": {"architecture": "MONAI UNet", "activation": "ReLU", **meta["model"],
                     "parameters": count_parameters(model)},
         "training": {"epoch": meta.get("epoch"), "iteration": meta.get("iteration"),
@@ -104,7 +108,7 @@ def export_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     }
     art_dir = out_dir / "artifact"
     write_artifact(art_dir, scripted, metadata)
-    parity = check_parity(model, art_dir, example, image, patch, int(meta["num_classes"]),
+    parity = check_parity(model, art_dir, example, image, patch, target,
                           float(cfg.export.logit_tolerance), float(cfg.export.min_label_agreement))
     log.info("export: %s (max |logit diff| %.2e, label agreement %.6f)", art_dir,
              parity["max_abs_logit_diff"], parity["label_agreement"])
@@ -125,7 +129,7 @@ def _window(image: np.ndarray, patch: list[int]) -> np.ndarray:
 
 
 def check_parity(model: torch.nn.Module, art_dir: Path, example: torch.Tensor, image: np.ndarray | None,
-                 patch: list[int], num_classes: int, tol: float, min_agree: float) -> dict[str, Any]:
+                 patch: list[int], target: Target, tol: float, min_agree: float) -> dict[str, Any]:
     """Reload the artifact and compare it with the eager model; raise if beyond tolerance."""
     art = load_artifact(art_dir)
     with torch.inference_mode():
@@ -142,9 +146,9 @@ def check_parity(model: torch.nn.Module, art_dir: Path, example: torch.Tensor, i
             with torch.inference_mode():
                 return art.module(b)
 
-        a = sliding_window_probs(eager, x, patch, num_classes, overlap=0.25).argmax(0)
-        b = sliding_window_probs(scripted, x, patch, num_classes, overlap=0.25).argmax(0)
-        agreement = float((a == b).float().mean())
+        a, b = (target.decode(sliding_window_probs(net, x, patch, target.channels, overlap=0.25,
+                                                   activation=target.activation)) for net in (eager, scripted))
+        agreement = float((a == b).mean())
     if diff > tol or agreement < min_agree:
         raise ArtifactError(f"{art_dir}: exported model differs from the eager model "
                             f"(max |logit diff| {diff:.3g} > {tol:g} or label agreement {agreement:.6f} < {min_agree})")

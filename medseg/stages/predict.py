@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from medseg.data.io.nifti import read_header, read_nifti, write_nifti
 from medseg.data.sources import CaseRef, make_source
 from medseg.engine.inference import CasePredictor, torch_network
+from medseg.engine.targets import Target
 from medseg.engine.trainer import pick_device
 from medseg.errors import DataError, MedsegError, PartialFailure
 from medseg.export.artifact import Artifact, load_artifact
@@ -51,7 +52,7 @@ def predictor_from_artifact(art: Artifact, inf_cfg: dict[str, Any]) -> CasePredi
     device = pick_device(str(inf_cfg.get("device", "auto")))
     art.module.to(device)
     return CasePredictor(torch_network(art.module, device), art.spec, art.patch_size,
-                         int(art.metadata["output"]["num_classes"]), overlap=float(inf_cfg["overlap"]),
+                         Target.from_json(art.metadata["output"]), overlap=float(inf_cfg["overlap"]),
                          batch_size=int(inf_cfg["sw_batch_size"]), tta_axes=inf_cfg.get("tta_flips", []),
                          min_component_ml=_min_component(art, inf_cfg))
 

@@ -1,0 +1,79 @@
+"""Full training state on disk: written atomically every epoch, checked by sha256 on resume.
+
+``states/state-<epoch>.pt`` holds the model, optimiser, scheduler and grad-scaler states, every
+RNG state (Python, numpy, torch, CUDA), the epoch, iteration, best metric and early-stopping
+counter; ``states/state-<epoch>.json`` holds its sha256. The newest ``keep`` states are kept.
+:func:`latest_state` returns the newest state whose checksum matches; a corrupt or truncated
+state is reported with a warning and the one before it is used. Only tensors and plain data are
+stored, so states load with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medseg.utils.files import atomic_path, read_json, sha256_file, write_json
+
+log = logging.getLogger(__name__)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every RNG state, as tensors and plain data."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    version, internal, gauss = random.getstate()
+    state: dict[str, Any] = {
+        "python": [version, list(internal), gauss],
+        "numpy": [kind, torch.from_numpy(np.asarray(keys, dtype=np.int64)), pos, has_gauss, cached],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`rng_state` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_state(folder: Path, epoch: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``state`` for ``epoch`` atomically with its checksum; prune older states."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"state-{epoch:05d}.pt"
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+    write_json(path.with_suffix(".json"), {"epoch": epoch, "sha256": sha256_file(path)})
+    for old in sorted(folder.glob("state-*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
+    return path
+
+
+def latest_state(folder: Path) -> tuple[dict[str, Any], Path] | None:
+    """The newest intact state in ``folder`` (checksum verified), or ``None`` when there is none."""
+    for path in sorted(folder.glob("state-*.pt"), reverse=True):
+        record = path.with_suffix(".json")
+        problem = None
+        if not record.is_file():
+            problem = "its checksum record is missing"
+        elif read_json(record).get("sha256") != sha256_file(path):
+            problem = "its sha256 does not match (corrupt or truncated)"
+        if problem is None:
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True), path
+            except Exception as e:  # torch raises several types for unreadable files
+                problem = f"it cannot be read ({type(e).__name__})"
+        log.warning("training state %s is unusable: %s; trying the one before", path, problem)
+    return None
