@@ -1,0 +1,176 @@
+"""Training engine: each target/loss/optimiser mode learns a trivially separable case, resume after
+``kill -9`` equals the uninterrupted run, extending a finished run, corrupt-state fallback,
+determinism, early stopping, cross-validation folds and two-process DDP on CPU (gloo)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import MEDSEG, REPO, TINY, run_medseg
+from medseg.data.dataset import CachedCase
+from medseg.data.labels import LabelSpec
+from medseg.engine.state import latest_state
+from medseg.engine.targets import Target
+from medseg.engine.trainer import fit, load_checkpoint
+
+TRAIN_CFG = {
+    "max_epochs": 6, "iters_per_epoch": 8, "max_time_s": None, "batch_size": 2, "patch_size": [16, 16, 16],
+    "fg_oversample": 0.5, "target": "labels", "loss": "dice_ce", "dice_weight": 1.0, "ce_weight": 1.0,
+    "focal_gamma": 2.0, "optimizer": "adamw", "lr": 1e-2, "momentum": 0.99, "weight_decay": 0.0,
+    "schedule": "constant", "warmup_iters": 0, "grad_clip": 12.0, "precision": "fp32", "compile": False,
+    "seed": 0, "deterministic": True, "resume": "never", "keep_states": 2, "patience": None,
+    "num_workers": 0, "threads": 2, "device": "cpu", "val_every": 2, "val_overlap": 0.25,
+    "tensorboard": False, "mlflow": False, "progress": False, "augment": {"flip_prob": 0.5},
+}
+MODEL_CFG = {"spatial_dims": 3, "channels": [8, 16], "strides": [2], "num_res_units": 0, "norm": "instance",
+             "dropout": 0.0}
+
+
+def _separable_case(seed: int) -> CachedCase:
+    """Bright nested cubes: label 1 shell, 2 inside it, 3 at the centre; one channel shows each."""
+    rng = np.random.default_rng(seed)
+    label = np.zeros((24, 24, 24), np.uint8)
+    c = rng.integers(9, 15, size=3)
+    for code, r in ((1, 7), (2, 4), (3, 2)):
+        label[tuple(slice(int(x) - r, int(x) + r) for x in c)] = code
+    image = np.stack([(label >= k).astype(np.float32) * 2 - 1 for k in (1, 2, 3)]) + 1.5
+    image += rng.normal(0, 0.05, image.shape).astype(np.float32)
+    flat = label.ravel()
+    return CachedCase(name=f"c{seed}", image=image, label=label,
+                      fg_index={k: np.flatnonzero(flat == k) for k in (1, 2, 3)})
+
+
+@pytest.mark.parametrize("target,loss,optimizer", [
+    ("labels", "dice_ce", "adamw"), ("labels", "dice_focal", "sgd"),
+    ("regions", "dice_ce", "adamw"), ("regions", "dice_focal", "adamw"),
+])
+def test_each_mode_learns_a_separable_case(tmp_path, target, loss, optimizer):
+    cfg = {**TRAIN_CFG, "target": target, "loss": loss, "optimizer": optimizer, "max_epochs": 16,
+           "lr": 1e-2 if optimizer == "adamw" else 5e-2, "momentum": 0.9}
+    tgt = Target(target, LabelSpec())
+    cases = [_separable_case(s) for s in range(3)]
+    result = fit(cfg, MODEL_CFG, cases[:2], cases[2:], tgt, 3, tmp_path, {"target": tgt.to_json()})
+    assert result.best_metric > 0.85, result
+    ckpt = load_checkpoint(result.best_checkpoint)
+    assert ckpt["meta"]["target"]["mode"] == target
+
+
+def test_early_stopping(tmp_path):
+    cfg = {**TRAIN_CFG, "lr": 0.0, "patience": 1, "max_epochs": 20, "val_every": 1}
+    cases = [_separable_case(s) for s in range(2)]
+    result = fit(cfg, MODEL_CFG, cases[:1], cases[1:], Target("labels", LabelSpec()), 3, tmp_path, {})
+    assert result.epochs_run == 2 and result.stopped_by.startswith("early stopping")
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(path)["model"]
+
+
+def _same(a: Path, b: Path) -> bool:
+    wa, wb = _weights(a), _weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+# --- through the command line on a prepared tiny dataset -----------------------------------------
+
+@pytest.fixture(scope="module")
+def prepared(tiny_dataset, tmp_path_factory) -> Path:
+    cwd = tmp_path_factory.mktemp("prep")
+    proc = run_medseg(["prepare", f"data.root={tiny_dataset}", "hydra.run.dir=prep", *TINY], cwd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return cwd / "prep"
+
+
+RESUME = [*TINY, "train.deterministic=true", "train.iters_per_epoch=6", "train.max_epochs=3", "train.val_every=1",
+          "train.threads=2"]
+
+
+def _train(prepared: Path, cwd: Path, run_dir: str, *extra: str) -> subprocess.CompletedProcess:
+    return run_medseg(["train", f"paths.prepared={prepared}", f"hydra.run.dir={run_dir}", *RESUME, *extra], cwd)
+
+
+def test_resume_after_kill_equals_uninterrupted_and_runs_are_deterministic(prepared, tmp_path):
+    for name in ("a", "b"):
+        proc = _train(prepared, tmp_path, name)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    assert _same(tmp_path / "a" / "last.pt", tmp_path / "b" / "last.pt")  # determinism
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [*MEDSEG, "train", f"paths.prepared={prepared}", "hydra.run.dir=k", *RESUME]
+    proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first_state = tmp_path / "k" / "states" / "state-00000.json"
+    deadline = time.monotonic() + 120
+    while not first_state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # into epoch 1
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "k" / "summary.json").exists(), "the run finished before it was killed"
+    resumed = _train(prepared, tmp_path, "k")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from" in resumed.stderr
+    summary = json.loads((tmp_path / "k" / "summary.json").read_text())
+    assert summary["epochs"] == 3 and summary["iterations"] == 18
+    assert _same(tmp_path / "a" / "last.pt", tmp_path / "k" / "last.pt")
+    lines = [json.loads(x) for x in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["epoch"] for x in lines] == [0, 1, 2]
+
+
+def test_extend_finished_run_and_fall_back_from_a_corrupt_state(prepared, tmp_path):
+    proc = _train(prepared, tmp_path, "r", "train.max_epochs=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    states = tmp_path / "r" / "states"
+    newest = sorted(states.glob("state-*.pt"))[-1]
+    assert newest.name == "state-00001.pt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # truncated by a full disk, say
+    proc = _train(prepared, tmp_path, "r", "train.max_epochs=4")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "state-00001.pt is unusable" in proc.stderr and "resumed from" in proc.stderr
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["resumed_from"].endswith("state-00000.pt")
+    assert summary["epochs"] == 4 and summary["iterations"] == 24
+    state, path = latest_state(states)
+    assert path.name == "state-00003.pt" and state["progress"]["epoch"] == 4
+    # finished: rerunning changes nothing
+    proc = _train(prepared, tmp_path, "r", "train.max_epochs=4")
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["iterations"] == 24
+
+
+def test_cross_validation_folds_partition_the_training_cases(prepared, tmp_path):
+    seen = []
+    for fold in (0, 1):
+        proc = _train(prepared, tmp_path, f"f{fold}", f"train.fold={fold}", "train.folds=2", "train.max_epochs=1")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        ckpt = load_checkpoint(tmp_path / f"f{fold}" / "best.pt")
+        assert ckpt["meta"]["fold"] == fold
+        seen.append(set(ckpt["meta"]["validation_cases"]))
+    datalist = json.loads((prepared / "datalist.json").read_text())
+    pool = {e["name"] for e in datalist["train"] + datalist["validation"]}
+    assert seen[0] | seen[1] == pool and not seen[0] & seen[1]
+    proc = _train(prepared, tmp_path, "bad", "train.fold=5", "train.folds=5")
+    assert proc.returncode == 2 and "train.fold=5 must be in 0..4" in proc.stderr
+
+
+def test_two_process_ddp_on_cpu(prepared, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+            "-m", "pipelines.train", f"paths.prepared={prepared}", "hydra.run.dir=ddp", *TINY,
+            "train.threads=1", "train.max_epochs=2"]
+    proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stderr
+    summary = json.loads((tmp_path / "ddp" / "summary.json").read_text())
+    assert summary["epochs"] == 2 and summary["iterations"] == 6
+    lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2  # rank 0 alone writes
+    assert load_checkpoint(tmp_path / "ddp" / "best.pt")["meta"]["epoch"] is not None
