@@ -281,6 +281,7 @@ class PredictConfig:
     source: PredictSource = PredictSource.files
     pattern: str = "*.nii.gz"
     cases: list[str] = field(default_factory=list)
+    ensemble: list[str] = field(default_factory=list)
     skip_existing: bool = True
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 

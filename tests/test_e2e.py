@@ -111,6 +111,20 @@ def test_predict_isolates_a_bad_case_and_fails_at_the_end(run_dir, tiny_dataset,
     assert summary["n_failed"] == 1 and summary["n_ok"] == 2
 
 
+def test_ensemble_of_identical_models_gives_the_single_model_result(run_dir, tiny_dataset, tmp_path):
+    art = run_dir / "export" / "artifact"
+    copy = tmp_path / "fold1"
+    shutil.copytree(art, copy)
+    proc = run_medseg(["predict", f"paths.artifact={art}", f"paths.input={tiny_dataset / 'imagesTs'}",
+                       f"predict.ensemble=[{copy}]", "hydra.run.dir=ens"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summary = json.loads((tmp_path / "ens" / "predictions.json").read_text())
+    assert summary["ensemble"] == [str(copy)] and summary["n_ok"] == 2
+    for out in (tmp_path / "ens").glob("*.nii.gz"):
+        single = np.asarray(nib.load(run_dir / "predict" / out.name).dataobj)
+        np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), single)
+
+
 def test_tampered_artifact_is_refused(run_dir, tiny_dataset, tmp_path):
     art = tmp_path / "artifact"
     shutil.copytree(run_dir / "export" / "artifact", art)

@@ -35,7 +35,8 @@ class CasePredictor:
     """Predict label maps for raw cases.
 
     Args:
-        net: network callable on ``(B, C, *patch)`` tensors returning logits.
+        net: network callable on ``(B, C, *patch)`` tensors returning logits, or several (an
+            ensemble, e.g. the folds of a cross-validation): their probabilities are averaged.
         spec: preprocessing the network was trained with.
         patch_size: sliding-window size.
         target: what the network outputs (label-wise softmax or region-wise sigmoid).
@@ -45,10 +46,10 @@ class CasePredictor:
         min_component_ml: remove connected tumour components smaller than this (ml); 0 keeps all.
     """
 
-    def __init__(self, net: Network, spec: PreprocessSpec, patch_size: Sequence[int], target: Target,
+    def __init__(self, net: Network | Sequence[Network], spec: PreprocessSpec, patch_size: Sequence[int], target: Target,
                  overlap: float = 0.5, batch_size: int = 2, tta_axes: Sequence[int] = (),
                  min_component_ml: float = 0.0) -> None:
-        self.net = net
+        self.nets = list(net) if isinstance(net, Sequence) else [net]
         self.spec = spec
         self.patch_size = tuple(int(p) for p in patch_size)
         self.target = target
@@ -61,9 +62,15 @@ class CasePredictor:
         """Predict one case given its ``(C, X, Y, Z)`` image and voxel -> RAS affine."""
         start = time.perf_counter()
         pre, _, geom = preprocess(image, affine, self.spec, name=name)
-        probs = sliding_window_probs(self.net, torch.from_numpy(pre), self.patch_size, self.target.channels,
-                                     overlap=self.overlap, batch_size=self.batch_size, tta_flips=self.flips,
+        x = torch.from_numpy(pre)
+        probs = sliding_window_probs(self.nets[0], x, self.patch_size, self.target.channels, overlap=self.overlap,
+                                     batch_size=self.batch_size, tta_flips=self.flips,
                                      activation=self.target.activation)
+        for net in self.nets[1:]:
+            probs += sliding_window_probs(net, x, self.patch_size, self.target.channels, overlap=self.overlap,
+                                          batch_size=self.batch_size, tta_flips=self.flips,
+                                          activation=self.target.activation)
+        probs /= len(self.nets)
         max_fg = self.target.foreground_score(probs)
         label = restore(probs, geom, self.target.decode)
         if self.min_component_ml > 0:

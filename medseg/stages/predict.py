@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import resource
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from medseg.data.sources import CaseRef, make_source
 from medseg.engine.inference import CasePredictor, torch_network
 from medseg.engine.targets import Target
 from medseg.engine.trainer import pick_device
-from medseg.errors import DataError, MedsegError, PartialFailure
+from medseg.errors import ArtifactError, DataError, MedsegError, PartialFailure
 from medseg.export.artifact import Artifact, load_artifact
 from medseg.stages.common import plain, require_path
 from medseg.utils.files import write_json
@@ -45,13 +45,24 @@ def case_name(path: Path) -> str:
     return path.name.removesuffix(".gz").removesuffix(".nii")
 
 
-def predictor_from_artifact(art: Artifact, inf_cfg: dict[str, Any]) -> CasePredictor:
-    """A :class:`CasePredictor` running the artifact's TorchScript module."""
+def predictor_from_artifact(art: Artifact, inf_cfg: dict[str, Any], ensemble: Sequence[Artifact] = ()
+                            ) -> CasePredictor:
+    """A :class:`CasePredictor` running the artifact's TorchScript module (averaged with the
+    ``ensemble`` artifacts, which must take the same input and give the same output)."""
     if inf_cfg.get("threads"):
         torch.set_num_threads(int(inf_cfg["threads"]))
     device = pick_device(str(inf_cfg.get("device", "auto")))
-    art.module.to(device)
-    return CasePredictor(torch_network(art.module, device), art.spec, art.patch_size,
+    for other in ensemble:
+        for key in ("input", "output"):
+            if {k: v for k, v in other.metadata[key].items() if k != "patch_size"} != \
+                    {k: v for k, v in art.metadata[key].items() if k != "patch_size"}:
+                raise ArtifactError(f"{other.path}: its {key} differs from {art.path}'s; "
+                                    f"only models with the same preprocessing and outputs can be ensembled")
+    nets = []
+    for a in (art, *ensemble):
+        a.module.to(device)
+        nets.append(torch_network(a.module, device))
+    return CasePredictor(nets, art.spec, art.patch_size,
                          Target.from_json(art.metadata["output"]), overlap=float(inf_cfg["overlap"]),
                          batch_size=int(inf_cfg["sw_batch_size"]), tta_axes=inf_cfg.get("tta_flips", []),
                          min_component_ml=_min_component(art, inf_cfg))
@@ -123,12 +134,13 @@ def dataset_inputs(cfg: DictConfig, inputs: Path, channels: tuple[str, ...]
 def predict_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run the predict stage (see module docstring)."""
     art = load_artifact(require_path(cfg, "artifact", "predict"))
+    ensemble = [load_artifact(p) for p in cfg.predict.ensemble]
     inputs = require_path(cfg, "input", "predict")
     if str(getattr(cfg.predict.source, "value", cfg.predict.source)) == "data":
         items = dataset_inputs(cfg, inputs, art.spec.channels)
     else:
         items = file_inputs(inputs, str(cfg.predict.pattern), len(art.spec.channels))
-    predictor = predictor_from_artifact(art, plain(cfg.predict.inference))
+    predictor = predictor_from_artifact(art, plain(cfg.predict.inference), ensemble)
     results = []
     for name, f, load in items:
         out = out_dir / f"{name}.nii.gz"
@@ -149,7 +161,8 @@ def predict_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
                         "foreground_voxels": int((pred.label > 0).sum())})
         log.info("predict %s: %.1f s", name, pred.seconds)
     failed = [r for r in results if r["status"] == "failed"]
-    summary = {"artifact": str(art.path), "input": str(inputs), "cases": results,
+    summary = {"artifact": str(art.path), "ensemble": [str(a.path) for a in ensemble], "input": str(inputs),
+               "cases": results,
                "n_ok": sum(r["status"] == "ok" for r in results), "n_failed": len(failed),
                "n_skipped": sum(r["status"].startswith("skipped") for r in results)}
     write_json(out_dir / "predictions.json", summary)
