@@ -174,3 +174,33 @@ def test_two_process_ddp_on_cpu(prepared, tmp_path):
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # rank 0 alone writes
     assert load_checkpoint(tmp_path / "ddp" / "best.pt")["meta"]["epoch"] is not None
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
+    cfg = {**TRAIN_CFG, "precision": "bf16", "max_epochs": 16}
+    cases = [_separable_case(s) for s in range(3)]
+    result = fit(cfg, MODEL_CFG, cases[:2], cases[2:], Target("labels", LabelSpec()), 3, tmp_path, {})
+    assert result.best_metric > 0.8
+    with pytest.raises(Exception, match="fp16 needs a GPU"):
+        fit({**cfg, "precision": "fp16"}, MODEL_CFG, cases[:2], [], Target("labels", LabelSpec()), 3, tmp_path, {})
+
+
+def test_mlflow_tracking_or_a_clear_error(tmp_path):
+    cfg = {**TRAIN_CFG, "mlflow": True, "max_epochs": 2, "mlflow_uri": None}
+    cases = [_separable_case(s) for s in range(2)]
+    try:
+        import mlflow  # noqa: F401
+    except ImportError:
+        with pytest.raises(Exception, match=r"train.mlflow=true needs MLflow: pip install 'medseg\[mlflow\]'"):
+            fit(cfg, MODEL_CFG, cases[:1], cases[1:], Target("labels", LabelSpec()), 3, tmp_path, {})
+        return
+    fit(cfg, MODEL_CFG, cases[:1], cases[1:], Target("labels", LabelSpec()), 3, tmp_path, {})
+    assert any((tmp_path / "mlruns").rglob("val_mean_dice"))
+
+
+@pytest.mark.slow
+def test_torch_compile_trains(tmp_path):
+    cfg = {**TRAIN_CFG, "compile": True, "max_epochs": 4}
+    cases = [_separable_case(s) for s in range(3)]
+    result = fit(cfg, MODEL_CFG, cases[:2], cases[2:], Target("labels", LabelSpec()), 3, tmp_path, {})
+    assert result.iterations == 32

@@ -41,29 +41,41 @@ def _rotation(rng: np.random.Generator, max_deg: float, axes: Sequence[int]) -> 
     return r
 
 
-def spatial_transform(img: np.ndarray, lab: np.ndarray, patch: Sequence[int], rng: np.random.Generator,
-                      cfg: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate / scale / deform a ``(C, *padded)`` patch and its label, returning ``patch``-sized arrays.
-
-    Without a drawn spatial transform this is a centre crop of the margin.
-    """
-    shape = lab.shape
-    flat = [i for i, s in enumerate(patch) if s == 1]  # 2D patches: keep the singleton axis fixed
-    rot_axes = [2] if flat else [0, 1, 2]
+def draw_spatial(rng: np.random.Generator, cfg: Mapping[str, float], patch: Sequence[int]
+                 ) -> tuple[np.ndarray, bool] | None:
+    """Draw the spatial transform of one patch: ``(3x3 matrix, elastic)``, or ``None`` for none."""
+    flat = [i for i, s in enumerate(patch) if s == 1]
     matrix = np.eye(3)
     drawn = False
     if rng.random() < cfg.get("rotate_prob", 0.0):
-        matrix = _rotation(rng, cfg.get("rotate_deg", 30.0), rot_axes) @ matrix
+        matrix = _rotation(rng, cfg.get("rotate_deg", 30.0), [2] if flat else [0, 1, 2]) @ matrix
         drawn = True
     if rng.random() < cfg.get("scale_prob", 0.0):
         s = cfg.get("scale_range", 0.2)
         matrix = matrix * rng.uniform(1 - s, 1 + s)
         drawn = True
-    elastic = rng.random() < cfg.get("elastic_prob", 0.0)
+    elastic = bool(rng.random() < cfg.get("elastic_prob", 0.0))
+    return (matrix, elastic) if drawn or elastic else None
+
+
+def spatial_transform(img: np.ndarray, lab: np.ndarray, patch: Sequence[int], rng: np.random.Generator,
+                      cfg: Mapping[str, float], drawn: tuple[np.ndarray, bool] | None | str = "draw"
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Rotate / scale / deform a ``(C, *padded)`` patch and its label, returning ``patch``-sized arrays.
+
+    ``drawn`` is the result of :func:`draw_spatial` (drawn here by default). Without a spatial
+    transform this is a centre crop of the margin.
+    """
+    shape = lab.shape
+    flat = [i for i, s in enumerate(patch) if s == 1]  # 2D patches: keep the singleton axis fixed
+    if isinstance(drawn, str):
+        drawn = draw_spatial(rng, cfg, patch)
     margin = [(n - p) // 2 for n, p in zip(shape, patch)]
-    if not drawn and not elastic:
+    if drawn is None:
         sl = tuple(slice(m, m + p) for m, p in zip(margin, patch))
         return np.ascontiguousarray(img[(slice(None), *sl)]), np.ascontiguousarray(lab[sl])
+    matrix, elastic = drawn
+    matrix = matrix.copy()
     for a in flat:
         matrix[a, :], matrix[:, a] = 0.0, 0.0
         matrix[a, a] = 1.0
@@ -118,7 +130,7 @@ def intensity_transform(img: np.ndarray, rng: np.random.Generator, cfg: Mapping[
     if rng.random() < cfg.get("lowres_prob", 0.0):
         img = _low_resolution(img, rng.uniform(1.0, cfg.get("lowres_factor", 2.0)))
     if rng.random() < cfg.get("noise_prob", 0.0):
-        img += rng.normal(0, cfg.get("noise_std", 0.1), size=img.shape).astype(np.float32)
+        img += rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(cfg.get("noise_std", 0.1))
     return (img * nonzero).astype(np.float32, copy=False)
 
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medseg.data.augment import intensity_transform, spatial_margin, spatial_transform
+from medseg.data.augment import draw_spatial, intensity_transform, spatial_margin, spatial_transform
 
 
 @dataclass
@@ -105,22 +105,23 @@ class PatchDataset(Dataset):
             centre = np.array(np.unravel_index(flat, shape))
         else:
             centre = np.array([rng.integers(s) for s in shape])
-        margin = np.asarray(spatial_margin(self.patch, self.augment))
+        drawn = draw_spatial(rng, self.augment, self.patch)
+        margin = np.asarray(spatial_margin(self.patch, self.augment) if drawn else [0] * len(self.patch))
         padded = tuple(int(p) for p in np.asarray(self.patch) + 2 * margin)
         start = _crop_start(centre, shape, self.patch) - margin  # the patch stays where sampling put it
         img, lab = extract_patch(case.image, case.label, start, padded)
-        img, lab = augment_patch(img, lab, rng, self.augment, self.patch)
+        img, lab = augment_patch(img, lab, rng, self.augment, self.patch, drawn)
         return torch.from_numpy(img), torch.from_numpy(lab[None])
 
 
 def augment_patch(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, cfg: Mapping[str, float],
-                  patch: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+                  patch: Sequence[int] | None = None, drawn: Any = "draw") -> tuple[np.ndarray, np.ndarray]:
     """Spatial transforms (cutting ``patch`` out of the margin), mirror flips, intensity transforms.
 
     See :mod:`medseg.data.augment`. Returns C-contiguous copies (no negative strides reach torch).
     """
     patch = tuple(lab.shape) if patch is None else tuple(int(p) for p in patch)
-    img, lab = spatial_transform(img, lab, patch, rng, cfg)
+    img, lab = spatial_transform(img, lab, patch, rng, cfg, drawn)
     for axis in range(lab.ndim):
         if rng.random() < cfg.get("flip_prob", 0.0) and lab.shape[axis] > 1:
             img = np.flip(img, axis=axis + 1)
