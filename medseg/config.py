@@ -169,6 +169,8 @@ class ModelConfig:
     num_res_units: int = 1
     norm: Norm = Norm.instance
     dropout: float = 0.0
+    deep_supervision: bool = False
+    deep_supr_num: int = 2
 
 
 @dataclass

@@ -12,10 +12,32 @@ CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 
 
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
-def test_every_model_config_is_relu_only(path):
-    cfg = yaml.safe_load(path.read_text())
+@pytest.mark.parametrize("deep_supervision", [False, True])
+def test_every_model_config_is_relu_only(path, deep_supervision):
+    cfg = {**yaml.safe_load(path.read_text()), "deep_supervision": deep_supervision}
     model = build_unet(cfg, in_channels=4, out_channels=4)
     assert activation_types(model) == {torch.nn.ReLU}
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_deep_supervision_outputs_and_export_model(dims):
+    from medseg.models.unet import build_model, load_weights
+
+    cfg = {"spatial_dims": dims, "channels": [4, 8, 16, 32], "strides": [2, 2, 2], "num_res_units": 0,
+           "norm": "instance", "dropout": 0.0, "deep_supervision": True, "deep_supr_num": 2}
+    model = build_model(cfg, 2, 3)
+    x = torch.randn(1, 2, 16, 16, 16 if dims == 3 else 2)
+    model.train()
+    assert model(x).shape == (1, 3, 3, *x.shape[2:])  # full resolution + 2 supervised levels
+    model.eval()
+    with torch.no_grad():
+        full = model(x)
+    assert full.shape == (1, 3, *x.shape[2:])
+    plain = build_model(cfg, 2, 3, inference=True).eval()
+    load_weights(plain, model.state_dict())
+    scripted = torch.jit.script(plain)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), full)
 
 
 @pytest.mark.parametrize("dims,res,norm", [(2, 0, "batch"), (2, 2, "instance"), (3, 1, "batch")])

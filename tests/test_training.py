@@ -65,6 +65,15 @@ def test_each_mode_learns_a_separable_case(tmp_path, target, loss, optimizer):
     assert ckpt["meta"]["target"]["mode"] == target
 
 
+def test_deep_supervision_learns(tmp_path):
+    model_cfg = {**MODEL_CFG, "channels": [8, 16, 32], "strides": [2, 2], "deep_supervision": True,
+                 "deep_supr_num": 1}
+    cases = [_separable_case(s) for s in range(3)]
+    result = fit({**TRAIN_CFG, "max_epochs": 16}, model_cfg, cases[:2], cases[2:], Target("labels", LabelSpec()), 3,
+                 tmp_path, {})
+    assert result.best_metric > 0.85
+
+
 def test_early_stopping(tmp_path):
     cfg = {**TRAIN_CFG, "lr": 0.0, "patience": 1, "max_epochs": 20, "val_every": 1}
     cases = [_separable_case(s) for s in range(2)]
@@ -91,7 +100,7 @@ def prepared(tiny_dataset, tmp_path_factory) -> Path:
     return cwd / "prep"
 
 
-RESUME = [*TINY, "train.deterministic=true", "train.iters_per_epoch=6", "train.max_epochs=3", "train.val_every=1",
+RESUME = [*TINY, "train.deterministic=true", "train.iters_per_epoch=30", "train.max_epochs=3", "train.val_every=1",
           "train.threads=2"]
 
 
@@ -112,7 +121,7 @@ def test_resume_after_kill_equals_uninterrupted_and_runs_are_deterministic(prepa
     deadline = time.monotonic() + 120
     while not first_state.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    time.sleep(0.3)  # into epoch 1
+    time.sleep(0.1)  # into epoch 1
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "k" / "summary.json").exists(), "the run finished before it was killed"
@@ -120,7 +129,7 @@ def test_resume_after_kill_equals_uninterrupted_and_runs_are_deterministic(prepa
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stderr
     summary = json.loads((tmp_path / "k" / "summary.json").read_text())
-    assert summary["epochs"] == 3 and summary["iterations"] == 18
+    assert summary["epochs"] == 3 and summary["iterations"] == 90
     assert _same(tmp_path / "a" / "last.pt", tmp_path / "k" / "last.pt")
     lines = [json.loads(x) for x in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [0, 1, 2]
@@ -138,12 +147,12 @@ def test_extend_finished_run_and_fall_back_from_a_corrupt_state(prepared, tmp_pa
     assert "state-00001.pt is unusable" in proc.stderr and "resumed from" in proc.stderr
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["resumed_from"].endswith("state-00000.pt")
-    assert summary["epochs"] == 4 and summary["iterations"] == 24
+    assert summary["epochs"] == 4 and summary["iterations"] == 120
     state, path = latest_state(states)
     assert path.name == "state-00003.pt" and state["progress"]["epoch"] == 4
     # finished: rerunning changes nothing
     proc = _train(prepared, tmp_path, "r", "train.max_epochs=4")
-    assert json.loads((tmp_path / "r" / "summary.json").read_text())["iterations"] == 24
+    assert json.loads((tmp_path / "r" / "summary.json").read_text())["iterations"] == 120
 
 
 def test_cross_validation_folds_partition_the_training_cases(prepared, tmp_path):

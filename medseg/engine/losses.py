@@ -55,7 +55,18 @@ class SegmentationLoss(nn.Module):
             self.voxel = nn.BCEWithLogitsLoss() if regions else nn.CrossEntropyLoss()
 
     def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """Loss of ``(B, K, ...)`` logits against a ``(B, 1, ...)`` internal label map."""
+        """Loss of ``(B, K, ...)`` logits against a ``(B, 1, ...)`` internal label map.
+
+        Deep-supervision outputs ``(B, S, K, ...)`` (full resolution first) are weighted
+        ``1, 1/2, 1/4, ...`` (normalised to sum to 1), as nnU-Net weights its outputs.
+        """
+        if logits.dim() == label.dim() + 1:
+            weights = [0.5**i for i in range(logits.shape[1])]
+            total = sum(weights)
+            return sum(w / total * self._single(logits[:, i], label) for i, w in enumerate(weights))
+        return self._single(logits, label)
+
+    def _single(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         logits = logits.float()
         encoded = self.target.encode(label)
         dice = self.dice(logits, encoded)

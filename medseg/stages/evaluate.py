@@ -27,7 +27,7 @@ from medseg.engine.trainer import load_checkpoint, pick_device
 from medseg.errors import DataError
 from medseg.metrics.case import case_metrics
 from medseg.metrics.overlap import EmptyConvention
-from medseg.models.unet import build_model
+from medseg.models.unet import build_model, load_weights
 from medseg.report.figures import boxplot, outline_montage
 from medseg.report.render import write_reports
 from medseg.stages.common import plain, require_path
@@ -44,8 +44,8 @@ def model_from_checkpoint(path: Path, device: torch.device) -> tuple[torch.nn.Mo
     """Rebuild the U-Net described by a checkpoint and load its weights."""
     ckpt = load_checkpoint(path)
     meta = ckpt["meta"]
-    model = build_model(meta["model"], int(meta["in_channels"]), int(meta["num_classes"]))
-    model.load_state_dict(ckpt["model"])
+    model = build_model(meta["model"], int(meta["in_channels"]), int(meta["num_classes"]), inference=True)
+    load_weights(model, ckpt["model"])
     return model.to(device).eval(), meta
 
 

@@ -23,7 +23,7 @@ from medseg.engine.targets import Target
 from medseg.engine.trainer import load_checkpoint
 from medseg.errors import ArtifactError
 from medseg.export.artifact import library_versions, load_artifact, write_artifact
-from medseg.models.unet import build_model, check_relu_only, count_parameters
+from medseg.models.unet import architecture, build_model, check_relu_only, count_parameters, load_weights
 from medseg.stages.common import require_path
 from medseg.stages.evaluate import checkpoint_target
 from medseg.stages.train import load_prepared
@@ -67,8 +67,8 @@ def export_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     prepared = Path(cfg.paths.prepared) if cfg.paths.get("prepared") else None
     ckpt = load_checkpoint(checkpoint)
     meta = ckpt["meta"]
-    model = build_model(meta["model"], int(meta["in_channels"]), int(meta["num_classes"]))
-    model.load_state_dict(ckpt["model"])
+    model = build_model(meta["model"], int(meta["in_channels"]), int(meta["num_classes"]), inference=True)
+    load_weights(model, ckpt["model"])
     model.eval()
     check_relu_only(model)
     target = checkpoint_target(meta)
@@ -96,7 +96,7 @@ def export_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "output": {**target.to_json(), "num_classes": int(meta["num_classes"]),
                    "decoding": "label = argmax over classes" if target.mode == "labels" else
                    "label = code of the innermost region with probability > 0.5"},
-        "network": {"architecture": "MONAI UNet", "activation": "ReLU", **meta["model"],
+        "network": {"architecture": architecture(meta["model"]), "activation": "ReLU", **meta["model"],
                     "parameters": count_parameters(model)},
         "training": {"epoch": meta.get("epoch"), "iteration": meta.get("iteration"),
                      "validation_dice": meta.get("val"), "checkpoint_sha256": sha256_file(checkpoint)},
