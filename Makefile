@@ -32,6 +32,8 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/prepare.py
 	$(BIN)/python bench/plan_memory.py
+	$(BIN)/python bench/train_step.py
+	$(BIN)/python bench/train_vs_monai.py --repeats 2
 
 clean:
 	rm -rf outputs multirun .cache data/demo .pytest_cache

@@ -153,6 +153,10 @@ def test_extend_finished_run_and_fall_back_from_a_corrupt_state(prepared, tmp_pa
     # finished: rerunning changes nothing
     proc = _train(prepared, tmp_path, "r", "train.max_epochs=4")
     assert json.loads((tmp_path / "r" / "summary.json").read_text())["iterations"] == 120
+    # another model cannot resume this state: a clear error, not a traceback
+    proc = _train(prepared, tmp_path, "r", "train.max_epochs=5", "model.channels=[4,8,16]")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "was written for another model or optimiser configuration" in proc.stderr
 
 
 def test_cross_validation_folds_partition_the_training_cases(prepared, tmp_path):

@@ -374,10 +374,15 @@ def _resume(cfg: Mapping[str, Any], out_dir: Path, states_dir: Path, model: torc
             raise DataError(folder, "no intact training state to resume from")
         return None
     state, path = found
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    sched.load_state_dict(state["scheduler"])
-    scaler.load_state_dict(state["scaler"])
+    try:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise ConfigError(f"train.resume={mode}: {path} was written for another model or optimiser "
+                          f"configuration ({type(e).__name__}); use train.resume=never or another "
+                          f"hydra.run.dir") from e
     set_rng_state(state["rng"])
     progress.update(state["progress"])
     _truncate_metrics(out_dir / "metrics.jsonl", int(progress["epoch"]))
