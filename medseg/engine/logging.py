@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,8 @@ def _mlflow(out_dir: Path, cfg: Mapping[str, Any]):  # noqa: ANN202 - optional d
     except ImportError as e:
         raise ConfigError("train.mlflow=true needs MLflow: pip install 'medseg[mlflow]'") from e
     uri = cfg.get("mlflow_uri") or (out_dir / "mlruns").resolve().as_uri()
+    if uri.startswith("file:"):  # MLflow 3 keeps the local file store behind an explicit opt-in
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(str(cfg.get("mlflow_experiment") or "medseg"))
     mlflow.start_run()
