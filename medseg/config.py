@@ -263,6 +263,7 @@ class EvaluateConfig:
     """Scoring against reference labels."""
 
     hd_percentile: float = 95.0
+    nsd_tolerance_mm: float = 1.0
     empty_hd_mm: float = 373.13
     n_figures: int = 4
     inference: InferenceConfig = field(default_factory=InferenceConfig)

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from medseg.data.labels import LabelSpec
-from medseg.metrics.overlap import EmptyConvention, dice
-from medseg.metrics.surface import hausdorff
+from medseg.metrics.overlap import EmptyConvention, dice, iou, rates
+from medseg.metrics.surface import surface_metrics
 
 
 def label_structure(code: int, name: str) -> str:
@@ -17,9 +17,9 @@ def label_structure(code: int, name: str) -> str:
 
 
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], labels: LabelSpec,
-                 percentile: float = 95.0, empty: EmptyConvention = EmptyConvention()
-                 ) -> dict[str, dict[str, float]]:
-    """Dice, HD (percentile, mm) and volumes (ml) for every region and every foreground label.
+                 percentile: float = 95.0, empty: EmptyConvention = EmptyConvention(),
+                 nsd_tolerance_mm: float = 1.0) -> dict[str, dict[str, float | None]]:
+    """Overlap, surface and volume metrics for every region and every foreground label.
 
     Args:
         pred: predicted internal label map.
@@ -28,10 +28,13 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], la
         labels: label names and regions.
         percentile: Hausdorff percentile (95 for HD95).
         empty: empty-mask convention.
+        nsd_tolerance_mm: tolerance of the normalised surface Dice.
 
     Returns:
-        ``{structure: {"dice", "hd95", "volume_pred_ml", "volume_ref_ml"}}``; structures are the
-        region names followed by one ``label<code>_<name>`` per foreground label.
+        ``{structure: {"dice", "iou", "hd95", "msd", "nsd", "sensitivity", "specificity",
+        "precision", "volume_pred_ml", "volume_ref_ml", "volume_diff_ml"}}`` (rates may be
+        ``None`` where undefined); structures are the region names followed by one
+        ``label<code>_<name>`` per foreground label.
     """
     if pred.shape != ref.shape:
         raise ValueError(f"prediction shape {pred.shape} != reference shape {ref.shape}")
@@ -43,13 +46,17 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], la
         spacing = [spacing[i] for i in keep]
     structures: dict[str, tuple[int, ...]] = dict(labels.regions)
     structures.update({label_structure(k, labels.labels[k]): (k,) for k in labels.foreground})
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, float | None]] = {}
     for name, codes in structures.items():
         p, r = np.isin(pred, codes), np.isin(ref, codes)
+        vp, vr = float(p.sum()) * voxel_ml, float(r.sum()) * voxel_ml
         out[name] = {
             "dice": dice(p, r, empty),
-            "hd95": hausdorff(p, r, spacing, percentile, empty),
-            "volume_pred_ml": float(p.sum()) * voxel_ml,
-            "volume_ref_ml": float(r.sum()) * voxel_ml,
+            "iou": iou(p, r, empty),
+            **surface_metrics(p, r, spacing, percentile, nsd_tolerance_mm, empty),
+            **rates(p, r),
+            "volume_pred_ml": vp,
+            "volume_ref_ml": vr,
+            "volume_diff_ml": vp - vr,
         }
     return out

@@ -39,3 +39,36 @@ def dice(pred: np.ndarray, ref: np.ndarray, empty: EmptyConvention = EmptyConven
     if sp == 0 or sr == 0:
         return empty.one_empty_dice
     return 2.0 * int(np.logical_and(p, r).sum()) / (sp + sr)
+
+
+def confusion(pred: np.ndarray, ref: np.ndarray) -> tuple[int, int, int, int]:
+    """``(TP, FP, FN, TN)`` voxel counts of two boolean masks."""
+    p, r = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
+    if p.shape != r.shape:
+        raise ValueError(f"pred and ref shapes differ: {p.shape} vs {r.shape}")
+    tp = int(np.count_nonzero(p & r))
+    fp = int(np.count_nonzero(p)) - tp
+    fn = int(np.count_nonzero(r)) - tp
+    return tp, fp, fn, p.size - tp - fp - fn
+
+
+def iou(pred: np.ndarray, ref: np.ndarray, empty: EmptyConvention = EmptyConvention()) -> float:
+    """Jaccard index ``|P∩R| / |P∪R|``; empty masks follow the Dice values of ``empty``."""
+    tp, fp, fn, _ = confusion(pred, ref)
+    if tp + fp + fn == 0:
+        return empty.both_empty_dice
+    if tp + fp == 0 or tp + fn == 0:
+        return empty.one_empty_dice
+    return tp / (tp + fp + fn)
+
+
+def rates(pred: np.ndarray, ref: np.ndarray) -> dict[str, float | None]:
+    """Sensitivity ``TP/(TP+FN)``, specificity ``TN/(TN+FP)`` and precision ``TP/(TP+FP)``.
+
+    A rate whose denominator is zero is undefined and returned as ``None`` (sensitivity of an empty
+    reference, precision of an empty prediction); aggregation skips it.
+    """
+    tp, fp, fn, tn = confusion(pred, ref)
+    return {"sensitivity": tp / (tp + fn) if tp + fn else None,
+            "specificity": tn / (tn + fp) if tn + fp else None,
+            "precision": tp / (tp + fp) if tp + fp else None}

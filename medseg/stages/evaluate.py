@@ -80,16 +80,26 @@ def source_refs(plan: dict[str, Any], names: list[str]) -> dict[str, tuple[Sourc
     return {n: (source, by_name[n]) for n in names}
 
 
-def aggregate(per_case: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean, median, std, IQR of every metric per structure."""
-    out: dict[str, dict[str, dict[str, float]]] = {}
+def aggregate(per_case: list[dict[str, dict[str, float | None]]], n_boot: int = 2000, seed: int = 0
+              ) -> dict[str, dict[str, dict[str, Any]]]:
+    """Mean, median, std, IQR and a bootstrap 95% confidence interval of the mean, per metric and
+    structure. Undefined values (``None``, e.g. sensitivity of an empty reference) are skipped and
+    the count of values used is reported as ``n``."""
+    rng = np.random.default_rng(seed)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
     for structure in per_case[0]:
         out[structure] = {}
         for metric in per_case[0][structure]:
-            v = np.asarray([c[structure][metric] for c in per_case], dtype=float)
+            v = np.asarray([c[structure][metric] for c in per_case if c[structure][metric] is not None], dtype=float)
+            if v.size == 0:
+                out[structure][metric] = {"mean": None, "median": None, "std": None, "iqr": None, "ci95": None, "n": 0}
+                continue
             q1, q3 = np.percentile(v, [25, 75])
+            means = v[rng.integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
             out[structure][metric] = {"mean": float(v.mean()), "median": float(np.median(v)),
-                                      "std": float(v.std()), "iqr": float(q3 - q1), "n": int(v.size)}
+                                      "std": float(v.std()), "iqr": float(q3 - q1),
+                                      "ci95": [float(x) for x in np.percentile(means, [2.5, 97.5])],
+                                      "n": int(v.size)}
     return out
 
 
@@ -114,7 +124,7 @@ def evaluate_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         with atomic_path(out_dir / "predictions" / f"{entry['name']}.nii.gz") as tmp:
             write_nifti(tmp, pred.label, case.affine)
         m = case_metrics(pred.label, case.label, case.spacing, labels,
-                         float(cfg.evaluate.hd_percentile), empty)
+                         float(cfg.evaluate.hd_percentile), empty, float(cfg.evaluate.nsd_tolerance_mm))
         per_case.append(m)
         for structure, vals in m.items():
             rows.append({"case": entry["name"], "structure": structure, **vals,
@@ -127,6 +137,11 @@ def evaluate_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     model_sha = sha256_file(checkpoint)
     result = {
         "convention": {"empty": empty.describe(), "hd": HD_DEFINITION,
+                       "msd": "mean of both directions' surface distances pooled (MedPy assd), mm",
+                       "nsd": f"normalised surface Dice at {float(cfg.evaluate.nsd_tolerance_mm):g} mm",
+                       "rates": "sensitivity/precision undefined (null, skipped in aggregates) when the "
+                                "reference/prediction is empty",
+                       "aggregate": "mean, median, std, IQR and bootstrap 95% CI of the mean (2000 resamples)",
                        "grid": "native grid of each source image (predictions restored from the model grid)"},
         "regions": {k: list(v) for k, v in labels.regions.items()},
         "summary": summary,
