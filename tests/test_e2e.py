@@ -65,6 +65,7 @@ def test_evaluate_outputs(run_dir, tiny_dataset):
     csv = (ev / "metrics.csv").read_text().splitlines()
     assert csv[0].startswith("case,structure,dice,iou,hd95,msd,nsd,sensitivity,specificity,precision,volume_pred_ml")
     for region in ("whole_tumour", "tumour_core", "enhancing_tumour"):
+        assert 0.0 <= metrics["summary"][region]["lesion_dice"]["mean"] <= 1.0
         ci = metrics["summary"][region]["dice"]["ci95"]
         assert ci[0] <= metrics["summary"][region]["dice"]["mean"] <= ci[1]
     assert len(csv) == 1 + 2 * 6  # 2 cases x (3 regions + 3 labels)

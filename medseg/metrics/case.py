@@ -8,6 +8,7 @@ import numpy as np
 
 from medseg.data.labels import LabelSpec
 from medseg.metrics.overlap import EmptyConvention, dice, iou, rates
+from medseg.metrics.lesions import lesion_metrics
 from medseg.metrics.surface import surface_metrics
 
 
@@ -18,7 +19,7 @@ def label_structure(code: int, name: str) -> str:
 
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], labels: LabelSpec,
                  percentile: float = 95.0, empty: EmptyConvention = EmptyConvention(),
-                 nsd_tolerance_mm: float = 1.0) -> dict[str, dict[str, float | None]]:
+                 nsd_tolerance_mm: float = 1.0, lesion_wise: bool = True) -> dict[str, dict[str, float | None]]:
     """Overlap, surface and volume metrics for every region and every foreground label.
 
     Args:
@@ -29,6 +30,7 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], la
         percentile: Hausdorff percentile (95 for HD95).
         empty: empty-mask convention.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
+        lesion_wise: add BraTS 2023 lesion-wise metrics (``lesion_*``) for the regions.
 
     Returns:
         ``{structure: {"dice", "iou", "hd95", "msd", "nsd", "sensitivity", "specificity",
@@ -59,4 +61,6 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], la
             "volume_ref_ml": vr,
             "volume_diff_ml": vp - vr,
         }
+        if lesion_wise and name in labels.regions:
+            out[name].update(lesion_metrics(p, r, spacing))
     return out
