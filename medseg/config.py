@@ -264,6 +264,7 @@ class EvaluateConfig:
 
     hd_percentile: float = 95.0
     nsd_tolerance_mm: float = 1.0
+    detection_min_ml: float = 0.1
     empty_hd_mm: float = 373.13
     n_figures: int = 4
     inference: InferenceConfig = field(default_factory=InferenceConfig)

@@ -69,6 +69,11 @@ def test_evaluate_outputs(run_dir, tiny_dataset):
         ci = metrics["summary"][region]["dice"]["ci95"]
         assert ci[0] <= metrics["summary"][region]["dice"]["mean"] <= ci[1]
     assert len(csv) == 1 + 2 * 6  # 2 cases x (3 regions + 3 labels)
+    det = json.loads((ev / "detections.json").read_text())
+    assert len(det["cases"]) == 2 and set(det["case_level"]) >= {"sensitivity", "specificity", "roc_auc_volume"}
+    assert any(not c["reference_tumour_present"] for c in det["cases"])  # the tumour-free test case
+    for c in det["cases"]:
+        assert c["n_lesions"] == len(c["lesions"])
     html = (ev / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "whole_tumour" in html
     assert "![" in (ev / "report.md").read_text()

@@ -39,3 +39,26 @@ def test_nearby_lesions_merge_small_ones_are_ignored_and_empty_is_perfect():
     assert lesion_metrics(empty, empty, (1, 1, 1))["lesion_dice"] == 1.0
     fp_only = lesion_metrics(pred, empty, (1, 1, 1))
     assert fp_only["lesion_dice"] == 0.0 and fp_only["lesion_fp"] == 1 and fp_only["lesion_hd95"] == 374.0
+
+
+def test_detection_boxes_in_world_mm_and_roc_auc():
+    from medseg.data.labels import BRATS_REGIONS
+    from medseg.metrics.detection import case_level, detect, roc_auc
+
+    label = np.zeros((20, 20, 10), np.uint8)
+    label[2:6, 3:5, 1:3] = 1
+    label[3:5, 3:5, 1:2] = 3
+    label[15:17, 15:17, 7:9] = 2
+    affine = np.diag([2.0, 1.0, 3.0, 1.0])
+    affine[:3, 3] = [-10, 0, 5]
+    d = detect(label, affine, BRATS_REGIONS, min_volume_ml=0.01)
+    assert d["n_lesions"] == 2 and d["tumour_present"]
+    big = d["lesions"][0]
+    assert big["bbox_mm"] == [[-6.0, 3.0, 8.0], [0.0, 4.0, 11.0]]
+    assert big["volume_ml"] == pytest.approx(4 * 2 * 2 * 6 / 1000)
+    assert big["volume_ml_per_region"]["enhancing_tumour"] == pytest.approx(2 * 2 * 1 * 6 / 1000)
+    assert not detect(label, affine, BRATS_REGIONS, min_volume_ml=1.0)["tumour_present"]
+    assert roc_auc([0.9, 0.8, 0.3, 0.8], [True, True, False, False]) == pytest.approx((2 + 1 + 0.5) / 4)
+    assert roc_auc([1.0], [True]) is None
+    assert case_level([True, False, True], [True, True, False]) == {
+        "sensitivity": 0.5, "specificity": 0.0, "tp": 1, "fp": 1, "fn": 1, "tn": 0}

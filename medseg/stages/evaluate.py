@@ -26,6 +26,7 @@ from medseg.engine.targets import Target
 from medseg.engine.trainer import load_checkpoint, pick_device
 from medseg.errors import DataError
 from medseg.metrics.case import case_metrics
+from medseg.metrics.detection import case_level, detect, roc_auc
 from medseg.metrics.overlap import EmptyConvention
 from medseg.models.unet import build_model, load_weights
 from medseg.report.figures import boxplot, outline_montage
@@ -66,6 +67,28 @@ def predictor_from_checkpoint(path: Path, inf_cfg: dict[str, Any]) -> tuple[Case
 def checkpoint_target(meta: dict[str, Any]) -> Target:
     """The target a checkpoint was trained for (label-wise for checkpoints that do not say)."""
     return Target.from_json(meta.get("target") or meta["plan"]["labels"])
+
+
+def detection_summary(detections: list[dict[str, Any]], per_case: list[dict[str, Any]], labels: LabelSpec,
+                      min_ml: float) -> dict[str, Any]:
+    """``detections.json``: per-case lesions with boxes, and case- and lesion-level detection rates."""
+    truths = [d["reference_tumour_present"] for d in detections]
+    first = next(iter(labels.regions))
+    tp = sum(c[first].get("lesion_tp", 0) for c in per_case)
+    fp = sum(c[first].get("lesion_fp", 0) for c in per_case)
+    fn = sum(c[first].get("lesion_fn", 0) for c in per_case)
+    return {
+        "convention": {"tumour": f"region {first} {list(labels.regions[first])}",
+                       "tumour_present": f"predicted tumour volume >= {min_ml:g} ml",
+                       "bbox_mm": "RAS world mm of the extreme voxel centres [[R, A, S] min, [R, A, S] max]",
+                       "lesions": "26-connected components of the predicted tumour, largest first"},
+        "case_level": {**case_level([d["tumour_present"] for d in detections], truths),
+                       "roc_auc_volume": roc_auc([d["tumour_volume_ml"] for d in detections], truths),
+                       "roc_auc_max_probability": roc_auc([d["max_foreground_prob"] for d in detections], truths)},
+        "lesion_level": {"tp": tp, "fp": fp, "fn": fn, "precision": tp / (tp + fp) if tp + fp else None,
+                         "recall": tp / (tp + fn) if tp + fn else None},
+        "cases": detections,
+    }
 
 
 def source_refs(plan: dict[str, Any], names: list[str]) -> dict[str, tuple[Source, CaseRef]]:
@@ -116,7 +139,8 @@ def evaluate_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     labels = LabelSpec.from_json(meta["plan"]["labels"])
     empty = EmptyConvention(one_empty_hd=float(cfg.evaluate.empty_hd_mm))
     refs = source_refs(plan, [e["name"] for e in test])
-    per_case, rows, shown = [], [], []
+    per_case, rows, shown, detections = [], [], [], []
+    min_ml = float(cfg.evaluate.detection_min_ml)
     for entry in test:
         source, ref = refs[entry["name"]]
         case = source.load(ref)
@@ -130,6 +154,11 @@ def evaluate_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             rows.append({"case": entry["name"], "structure": structure, **vals,
                          "max_foreground_prob": pred.max_foreground_prob, "seconds": pred.seconds})
         shown.append((entry["name"], case, pred.label, m))
+        found = detect(pred.label, case.affine, labels.regions, min_ml)
+        truth = detect(case.label, case.affine, labels.regions, min_ml)
+        detections.append({"case": entry["name"], **found, "max_foreground_prob": pred.max_foreground_prob,
+                           "reference_tumour_present": truth["tumour_present"],
+                           "reference_n_lesions": truth["n_lesions"]})
         log.info("evaluate %s: %s (%.1f s)", entry["name"],
                  ", ".join(f"{r} Dice {m[r]['dice']:.3f}" for r in labels.regions), pred.seconds)
     summary = aggregate(per_case)
@@ -151,6 +180,7 @@ def evaluate_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "n_cases": len(test),
     }
     write_json(out_dir / "metrics.json", result)
+    write_json(out_dir / "detections.json", detection_summary(detections, per_case, labels, min_ml))
     _report(out_dir, summary, per_case, test, shown, labels, empty, model_sha, int(cfg.evaluate.n_figures),
             str(meta["plan"]["preprocessing"]["channels"][0]))
     for region in labels.regions:
