@@ -47,23 +47,13 @@ def directed_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]
 def hausdorff(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], percentile: float = 95.0,
               empty: EmptyConvention = EmptyConvention()) -> float:
     """Percentile Hausdorff distance in mm (``percentile=100`` gives the classic Hausdorff)."""
-    p, r = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
-    if p.shape != r.shape:
-        raise ValueError(f"pred and ref shapes differ: {p.shape} vs {r.shape}")
-    if len(spacing) != p.ndim:
-        raise ValueError(f"spacing {tuple(spacing)} does not match {p.ndim}D masks")
-    ep, er = not p.any(), not r.any()
-    if ep and er:
-        return empty.both_empty_hd
-    if ep or er:
-        return empty.one_empty_hd
-    d_pr, d_rp = directed_distances(p, r, spacing)
-    return float(max(np.percentile(d_pr, percentile), np.percentile(d_rp, percentile)))
+    return surface_metrics(pred, ref, spacing, percentile, empty=empty)["hd95"]
 
 
 def surface_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], percentile: float = 95.0,
                     tolerance_mm: float = 1.0, empty: EmptyConvention = EmptyConvention()) -> dict[str, float]:
-    """HD (percentile), mean surface distance and normalised surface Dice from one distance pass."""
+    """HD (at ``percentile``, key ``hd95``), mean surface distance and normalised surface Dice from
+    one distance pass."""
     p, r = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
     if p.shape != r.shape:
         raise ValueError(f"pred and ref shapes differ: {p.shape} vs {r.shape}")
