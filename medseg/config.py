@@ -320,6 +320,12 @@ class MedsegConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def choice(value: Any) -> str:
+    """The string of a choice-valued key, whether it arrives as an enum (from the typed config) or a
+    plain string (from ``plain()`` dicts and tests)."""
+    return str(getattr(value, "value", value))
+
+
 def register_configs() -> None:
     """Store the root schema in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore

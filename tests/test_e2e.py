@@ -134,6 +134,21 @@ def test_ensemble_of_identical_models_gives_the_single_model_result(run_dir, tin
         np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), single)
 
 
+def test_ensemble_refuses_models_with_other_outputs(run_dir):
+    import copy
+
+    from medseg.errors import ArtifactError
+    from medseg.export.artifact import load_artifact
+    from medseg.stages.predict import predictor_from_artifact
+
+    art = load_artifact(run_dir / "export" / "artifact")
+    other = copy.copy(art)
+    other.metadata = {**art.metadata, "output": {**art.metadata["output"], "mode": "regions"}}
+    inference = {"overlap": 0.5, "sw_batch_size": 2, "tta_flips": [], "min_component_ml": 0.0, "device": "cpu"}
+    with pytest.raises(ArtifactError, match="its output differs"):
+        predictor_from_artifact(art, inference, [other])
+
+
 def test_tampered_artifact_is_refused(run_dir, tiny_dataset, tmp_path):
     art = tmp_path / "artifact"
     shutil.copytree(run_dir / "export" / "artifact", art)

@@ -19,7 +19,7 @@ import math
 import os
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from medseg.config import choice
 from medseg.data.dataset import CachedCase, PatchDataset
 from medseg.engine.losses import SegmentationLoss
 from medseg.engine.logging import TrainingLog
@@ -178,7 +179,7 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """The autocast dtype for ``train.precision`` on ``device`` (``None``: fp32).
 
     ``auto``: bf16 on GPUs that support it (else fp16 with loss scaling), bf16 on CPUs with native
-    bf16 instructions (1.6x faster training steps than fp32 on an AVX512-BF16 EPYC, measured by
+    bf16 instructions (1.3-1.6x faster training steps than fp32 on an AVX512-BF16 EPYC, measured by
     ``bench/train_step.py``), fp32 on other CPUs, where emulated bf16 is slower.
     """
     if precision == "fp32":
@@ -203,15 +204,11 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.Abs
 
 def build_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
     """AdamW, or SGD with Nesterov momentum (nnU-Net's choice), from ``train``."""
-    name = str(getattr(cfg["optimizer"], "value", cfg["optimizer"]))
+    name = choice(cfg["optimizer"])
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
                                nesterov=True, weight_decay=float(cfg["weight_decay"]))
     return torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
-
-
-def _batches(loader: DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    yield from loader
 
 
 def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Sequence[CachedCase],
@@ -236,7 +233,7 @@ def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Seque
     seed_everything(int(cfg["seed"]), bool(cfg["deterministic"]))
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg["threads"]))
-    device = pick_device(str(getattr(cfg["device"], "value", cfg["device"])))
+    device = pick_device(choice(cfg["device"]))
     if world > 1:
         _init_distributed(device)
         if device.type == "cuda":
@@ -259,14 +256,14 @@ def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Seque
     workers = int(cfg["num_workers"])
     loader = DataLoader(dataset, batch_size=bs, shuffle=False, sampler=sampler, num_workers=workers,
                         persistent_workers=workers > 0, pin_memory=device.type == "cuda")
-    loss_fn = SegmentationLoss(target, str(getattr(cfg["loss"], "value", cfg["loss"])), float(cfg["dice_weight"]),
+    loss_fn = SegmentationLoss(target, choice(cfg["loss"]), float(cfg["dice_weight"]),
                                float(cfg["ce_weight"]), float(cfg["focal_gamma"]))
     opt = build_optimizer(model, cfg)
     max_epochs = int(cfg["max_epochs"])
-    schedule = str(getattr(cfg["schedule"], "value", cfg["schedule"]))
+    schedule = choice(cfg["schedule"])
     total, warmup = max_epochs * iters, int(cfg["warmup_iters"])
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, total, warmup, schedule))
-    dtype = autocast_dtype(str(getattr(cfg["precision"], "value", cfg["precision"])), device)
+    dtype = autocast_dtype(choice(cfg["precision"]), device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     states_dir = out_dir / "states"
     progress = {"epoch": 0, "iteration": 0, "best": -math.inf, "best_epoch": -1, "stale": 0}
@@ -291,7 +288,7 @@ def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Seque
         model.train()
         losses, wait, t_epoch = [], 0.0, time.monotonic()
         t_data = time.monotonic()
-        for x, y in _batches(loader):
+        for x, y in loader:
             wait += time.monotonic() - t_data
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)

@@ -14,6 +14,7 @@ import torch
 from monai.networks.nets import UNet
 from torch import nn
 
+from medseg.config import choice
 from medseg.errors import ConfigError
 
 _ACTIVATION_BASES: tuple[type[nn.Module], ...] = tuple(
@@ -48,7 +49,7 @@ def build_unet(model_cfg: Mapping[str, Any], in_channels: int, out_channels: int
     if len(channels) < 2 or len(strides) != len(channels) - 1:
         raise ConfigError(f"model.channels needs >= 2 levels and model.strides one entry fewer; "
                           f"got channels={channels}, strides={strides}")
-    norm = str(getattr(model_cfg["norm"], "value", model_cfg["norm"])).lower()
+    norm = choice(model_cfg["norm"]).lower()
     if norm not in {"instance", "batch"}:
         raise ConfigError(f"model.norm={norm!r} is not known; valid: ['instance', 'batch']")
     dims = int(model_cfg["spatial_dims"])

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from medseg.config import choice
 from medseg.data.io.nifti import read_header, read_nifti, write_nifti
 from medseg.data.sources import CaseRef, make_source
 from medseg.engine.inference import CasePredictor, torch_network
@@ -111,7 +112,7 @@ def dataset_inputs(cfg: DictConfig, inputs: Path, channels: tuple[str, ...]
     """Cases of a dataset folder read with the ``data`` source settings (any layout, DICOM too)."""
     from medseg.stages.prepare import source_options
 
-    kind = str(getattr(cfg.data.source, "value", cfg.data.source))
+    kind = choice(cfg.data.source)
     source = make_source(kind, str(inputs), **source_options(cfg.data))
     if tuple(source.channels) != tuple(channels):
         raise DataError(inputs, f"the {kind} source gives channels {list(source.channels)}, "
@@ -136,7 +137,7 @@ def predict_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     art = load_artifact(require_path(cfg, "artifact", "predict"))
     ensemble = [load_artifact(p) for p in cfg.predict.ensemble]
     inputs = require_path(cfg, "input", "predict")
-    if str(getattr(cfg.predict.source, "value", cfg.predict.source)) == "data":
+    if choice(cfg.predict.source) == "data":
         items = dataset_inputs(cfg, inputs, art.spec.channels)
     else:
         items = file_inputs(inputs, str(cfg.predict.pattern), len(art.spec.channels))

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from medseg.config import choice
 from medseg.data.labels import LabelSpec
 from medseg.data.planning import estimate_memory_gb, plan_patch, plan_spacing
 from medseg.data.preprocess import PreprocessSpec, preprocess
@@ -61,7 +62,7 @@ def source_options(data_cfg: DictConfig) -> dict[str, Any]:
 
 def build_source(data_cfg: DictConfig) -> Source:
     """The dataset source named by ``data.source`` over ``data.root``."""
-    kind = str(getattr(data_cfg.source, "value", data_cfg.source))
+    kind = choice(data_cfg.source)
     return make_source(kind, str(data_cfg.root), **source_options(data_cfg))
 
 
@@ -94,7 +95,7 @@ def prepare_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     if not refs:
         raise DataError(source.root, "the dataset lists no cases")
     cache_root = Path(cfg.paths.cache_dir)
-    src_key = _key({"kind": str(getattr(cfg.data.source, "value", cfg.data.source)), **source_options(cfg.data),
+    src_key = _key({"kind": choice(cfg.data.source), **source_options(cfg.data),
                     "channels_read": list(source.channels)})
     workers = int(cfg.data.workers)
     log.info("prepare: verifying %d cases from %s", len(refs), source.root)
@@ -110,7 +111,7 @@ def prepare_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     stats = [c["stats"] for _, c in good]
     plan = make_plan(cfg, stats, source, labels=source.labels)
     spec = PreprocessSpec(channels=tuple(source.channels), target_spacing=tuple(plan["target_spacing"]),
-                          normalization=str(getattr(cfg.data.normalization, "value", cfg.data.normalization)),
+                          normalization=choice(cfg.data.normalization),
                           crop_foreground=bool(cfg.data.crop_foreground))
     spec_key = _key({"spec": spec.to_json(), "source": src_key, "version": PREPROCESS_VERSION})
     cache = cache_root / "preprocessed" / spec_key
@@ -132,7 +133,7 @@ def prepare_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         **plan,
         "preprocessing": spec.to_json(),
         "labels": source.labels.to_json(),
-        "source": {"kind": str(getattr(cfg.data.source, "value", cfg.data.source)),
+        "source": {"kind": choice(cfg.data.source),
                    "root": str(Path(cfg.data.root).resolve()), "convention": source.convention,
                    "options": source_options(cfg.data)},
         "cache": str(cache.resolve()),

@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
+from medseg.config import choice
 from medseg.data.synthetic import SynthConfig
 from medseg.data.synthetic_formats import write_dataset
 from medseg.stages.common import run_in_dir
@@ -30,7 +31,7 @@ def synthesize(cfg: DictConfig) -> Path:
     """Write the built-in dataset described by ``cfg.synth`` into ``cfg.data.root``."""
     root = Path(cfg.data.root)
     s = cfg.synth
-    layout = str(getattr(s.layout, "value", s.layout))
+    layout = choice(s.layout)
     log.info("synth: writing %d built-in cases (%s layout) to %s", s.n, layout, root)
     return write_dataset(root, SynthConfig(n=int(s.n), n_test=int(s.n_test) if layout == "msd" else 0,
                                            spacing=float(s.spacing), seed=int(s.seed)), layout)
@@ -51,7 +52,7 @@ def run_stage_all(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         summaries["export"] = run_in_dir(export_stage, cfg, out_dir / "export", clean_dir=True)
         cfg.paths.artifact = summaries["export"]["artifact"]
         datalist = read_json(out_dir / "prepare" / "datalist.json")
-        if str(getattr(cfg.data.source, "value", cfg.data.source)) == "msd":
+        if choice(cfg.data.source) == "msd":
             cfg.paths.input = str(write_text(out_dir / "predict_inputs.txt",
                                              "\n".join(e["source_images"][0] for e in _test_split(datalist)) + "\n"))
         else:  # read the test cases from the dataset itself (BraTS folders, DICOM, X-ray, ...)
