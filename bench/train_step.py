@@ -37,7 +37,7 @@ def step_time(mode: str, patch: int, batch: int, steps: int = 12) -> tuple[float
     loss_fn = SegmentationLoss(Target("labels", LabelSpec()))
     x = torch.randn(batch, 4, patch, patch, patch)
     y = torch.randint(0, 4, (batch, 1, patch, patch, patch))
-    if mode == "channels_last":
+    if mode in ("channels_last", "bf16_channels_last"):
         model = model.to(memory_format=torch.channels_last_3d)
         x = x.to(memory_format=torch.channels_last_3d)
     net = torch.compile(model) if mode == "compile" else model
@@ -45,7 +45,7 @@ def step_time(mode: str, patch: int, batch: int, steps: int = 12) -> tuple[float
     for _ in range(steps):
         t = time.perf_counter()
         opt.zero_grad()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode == "bf16"):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=mode.startswith("bf16")):
             loss = loss_fn(net(x), y)
         loss.backward()
         opt.step()
@@ -63,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"CPU native bf16: {cpu_has_native_bf16()}; patch {args.patch}³, batch {args.batch}, "
           f"{args.threads} threads, torch {torch.__version__}")
-    modes = ["fp32", "bf16", "channels_last"] + (["compile"] if args.compile else [])
+    modes = ["fp32", "bf16", "channels_last", "bf16_channels_last"] + (["compile"] if args.compile else [])
     base = None
     for mode in modes:
         median, first = step_time(mode, args.patch, args.batch)

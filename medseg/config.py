@@ -234,6 +234,7 @@ class TrainConfig:
     fold: Optional[int] = None
     folds: int = 5
     num_workers: int = 0
+    prefetch: int = 2
     threads: Optional[int] = None
     device: Device = Device.auto
     val_every: int = 1

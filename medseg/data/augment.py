@@ -107,31 +107,44 @@ def _displacement(patch: Sequence[int], rng: np.random.Generator, cfg: Mapping[s
 
 
 def intensity_transform(img: np.ndarray, rng: np.random.Generator, cfg: Mapping[str, float]) -> np.ndarray:
-    """Per-channel intensity augmentation of a ``(C, *patch)`` float32 array (background kept zero)."""
-    nonzero = img != 0
+    """Per-channel intensity augmentation of a ``(C, *patch)`` float32 array (background kept zero).
+
+    Works in place where it can; the background mask is only computed when a transform that
+    would move zeros (shift, contrast, gamma, blur, low resolution, noise) is drawn.
+    """
     c = img.shape[0]
     ones = (c,) + (1,) * (img.ndim - 1)
-    if rng.random() < cfg.get("intensity_scale_prob", 0.0):
+    draws = {k: rng.random() < cfg.get(f"{k}_prob", 0.0)
+             for k in ("intensity_scale", "intensity_shift", "contrast", "gamma", "blur", "lowres", "noise")}
+    background = ~(img != 0) if any(v for k, v in draws.items() if k != "intensity_scale") else None
+    if draws["intensity_scale"]:
         s = cfg.get("intensity_scale", 0.1)
         img *= rng.uniform(1 - s, 1 + s, size=ones).astype(np.float32)
-    if rng.random() < cfg.get("intensity_shift_prob", 0.0):
+    if draws["intensity_shift"]:
         s = cfg.get("intensity_shift", 0.1)
         img += rng.uniform(-s, s, size=ones).astype(np.float32)
-    if rng.random() < cfg.get("contrast_prob", 0.0):
+    if draws["contrast"]:
         s = cfg.get("contrast_range", 0.25)
         mean = img.mean(axis=tuple(range(1, img.ndim)), keepdims=True)
-        img = (img - mean) * rng.uniform(1 - s, 1 + s, size=ones).astype(np.float32) + mean
-    if rng.random() < cfg.get("gamma_prob", 0.0):
+        img -= mean
+        img *= rng.uniform(1 - s, 1 + s, size=ones).astype(np.float32)
+        img += mean
+    if draws["gamma"]:
         img = _gamma(img, rng, cfg.get("gamma_range", 0.3))
-    if rng.random() < cfg.get("blur_prob", 0.0):
+    if draws["blur"]:
         lo, hi = cfg.get("blur_sigma_min", 0.5), cfg.get("blur_sigma_max", 1.0)
         for k in range(c):
             img[k] = ndimage.gaussian_filter(img[k], sigma=[rng.uniform(lo, hi) if n > 1 else 0 for n in img.shape[1:]])
-    if rng.random() < cfg.get("lowres_prob", 0.0):
+    if draws["lowres"]:
         img = _low_resolution(img, rng.uniform(1.0, cfg.get("lowres_factor", 2.0)))
-    if rng.random() < cfg.get("noise_prob", 0.0):
-        img += rng.standard_normal(size=img.shape, dtype=np.float32) * np.float32(cfg.get("noise_std", 0.1))
-    return (img * nonzero).astype(np.float32, copy=False)
+    if draws["noise"]:
+        gen = torch.Generator().manual_seed(int(rng.integers(2**63 - 1)))
+        noise = torch.randn(img.shape, generator=gen).numpy()
+        noise *= np.float32(cfg.get("noise_std", 0.1))
+        img += noise
+    if background is not None:
+        img[background] = 0.0
+    return img.astype(np.float32, copy=False)
 
 
 def _gamma(img: np.ndarray, rng: np.random.Generator, spread: float) -> np.ndarray:

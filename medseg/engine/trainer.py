@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 
 from medseg.config import choice
 from medseg.data.dataset import CachedCase, PatchDataset
+from medseg.engine.prefetch import ThreadPrefetcher
 from medseg.engine.losses import SegmentationLoss
 from medseg.engine.logging import TrainingLog
 from medseg.engine.sliding_window import sliding_window_probs
@@ -256,6 +257,8 @@ def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Seque
     workers = int(cfg["num_workers"])
     loader = DataLoader(dataset, batch_size=bs, shuffle=False, sampler=sampler, num_workers=workers,
                         persistent_workers=workers > 0, pin_memory=device.type == "cuda")
+    prefetch = int(cfg.get("prefetch") or 0)
+    batches = ThreadPrefetcher(loader, prefetch) if workers == 0 and prefetch > 0 else loader
     loss_fn = SegmentationLoss(target, choice(cfg["loss"]), float(cfg["dice_weight"]),
                                float(cfg["ce_weight"]), float(cfg["focal_gamma"]))
     opt = build_optimizer(model, cfg)
@@ -288,7 +291,7 @@ def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Seque
         model.train()
         losses, wait, t_epoch = [], 0.0, time.monotonic()
         t_data = time.monotonic()
-        for x, y in loader:
+        for x, y in batches:
             wait += time.monotonic() - t_data
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
