@@ -10,7 +10,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow venv clean bench docker-test
+.PHONY: demo test test-slow venv clean bench docker-test chromium
 
 venv: $(STAMP)
 
@@ -34,6 +34,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/plan_memory.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/train_vs_monai.py --repeats 2
+
+# Headless Chromium renders the HTML report to PNG in tests/test_evaluation.py (skipped without it).
+chromium:
+	command -v chromium || command -v chromium-browser || command -v google-chrome || \
+	  (apt-get update && apt-get install -y chromium)
 
 clean:
 	rm -rf outputs multirun .cache data/demo .pytest_cache

@@ -266,8 +266,14 @@ class EvaluateConfig:
     hd_percentile: float = 95.0
     nsd_tolerance_mm: float = 1.0
     detection_min_ml: float = 0.1
+    empty_convention: str = "brats"
     empty_hd_mm: float = 373.13
-    n_figures: int = 4
+    n_figures: int = 5
+    predictions: Optional[str] = None
+    references: Optional[str] = None
+    images: Optional[str] = None
+    labels: str = "msd"
+    skip_bad: bool = False
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 

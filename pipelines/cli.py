@@ -2,6 +2,7 @@
 
     medseg <stage> [hydra overrides...]     stage: prepare, train, evaluate, export, predict, run
     medseg synth OUT_DIR [layout=msd|brats2021|brats2023|dicom|xray] [n=24] [n_test=6] [seed=0] [spacing=1.5]
+    medseg compare RUN_A RUN_B [--out DIR]   paired per-case comparison of two evaluated runs
 
 Overrides are checked against the typed schema before the stage starts: a misspelt key or an
 invalid value is reported in one line with the valid choices, and the exit status is 2.
@@ -29,10 +30,13 @@ def main(argv: list[str] | None = None) -> None:
     command, rest = argv[0], argv[1:]
     if command == "synth":
         raise SystemExit(synth(rest))
+    if command == "compare":
+        raise SystemExit(compare(rest))
     if command not in STAGES:
-        close = difflib.get_close_matches(command, STAGES + ("synth",), n=1)
+        close = difflib.get_close_matches(command, STAGES + ("synth", "compare"), n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        sys.stderr.write(f"medseg: unknown command '{command}'; valid: {', '.join(STAGES + ('synth',))}.{hint}\n")
+        sys.stderr.write(f"medseg: unknown command '{command}'; valid: "
+                         f"{', '.join(STAGES + ('synth', 'compare'))}.{hint}\n")
         raise SystemExit(2)
     multirun = any(a in {"-m", "--multirun"} for a in rest)
     if not multirun and not any(a.startswith("-") for a in rest):
@@ -138,6 +142,32 @@ def synth(args: list[str]) -> int:
         sys.stderr.write(f"medseg synth: error: {e}\n")
         return 2
     sys.stdout.write(f"wrote {out}\n")
+    return 0
+
+
+def compare(args: list[str]) -> int:
+    """``medseg compare RUN_A RUN_B [--out DIR]`` (see :mod:`medseg.stages.compare`)."""
+    import argparse
+    from pathlib import Path
+
+    from medseg.errors import MedsegError
+
+    parser = argparse.ArgumentParser(prog="medseg compare", description="Paired per-case comparison of two "
+                                     "evaluated runs (evaluate folders, run folders or metrics.json files).")
+    parser.add_argument("run_a")
+    parser.add_argument("run_b")
+    parser.add_argument("--out", default="compare", help="output folder (default: ./compare)")
+    parser.add_argument("--metrics", default="dice,iou,hd95,msd,nsd", help="comma-separated metric names")
+    ns = parser.parse_args(args)
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    from medseg.stages.compare import compare_runs
+
+    try:
+        out = compare_runs(ns.run_a, ns.run_b, Path(ns.out), [m for m in ns.metrics.split(",") if m])
+    except MedsegError as e:
+        sys.stderr.write(f"medseg compare: error: {e}\n")
+        return 2
+    sys.stdout.write(f"{out['n_paired']} paired cases; wrote {out['compare']} and {out['report']}\n")
     return 0
 
 

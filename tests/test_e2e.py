@@ -63,7 +63,7 @@ def test_evaluate_outputs(run_dir, tiny_dataset):
         d = metrics["summary"][region]["dice"]["mean"]
         assert 0.0 <= d <= 1.0
     csv = (ev / "metrics.csv").read_text().splitlines()
-    assert csv[0].startswith("case,structure,dice,iou,hd95,msd,nsd,sensitivity,specificity,precision,volume_pred_ml")
+    assert csv[0].startswith("case,status,structure,dice,iou,hd95,msd,nsd,sensitivity,specificity,precision,volume_pred_ml")
     for region in ("whole_tumour", "tumour_core", "enhancing_tumour"):
         assert 0.0 <= metrics["summary"][region]["lesion_dice"]["mean"] <= 1.0
         ci = metrics["summary"][region]["dice"]["ci95"]

@@ -45,13 +45,13 @@ def directed_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]
 
 
 def hausdorff(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], percentile: float = 95.0,
-              empty: EmptyConvention = EmptyConvention()) -> float:
+              empty: EmptyConvention = EmptyConvention()) -> float | None:
     """Percentile Hausdorff distance in mm (``percentile=100`` gives the classic Hausdorff)."""
     return surface_metrics(pred, ref, spacing, percentile, empty=empty)["hd95"]
 
 
 def surface_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], percentile: float = 95.0,
-                    tolerance_mm: float = 1.0, empty: EmptyConvention = EmptyConvention()) -> dict[str, float]:
+                    tolerance_mm: float = 1.0, empty: EmptyConvention = EmptyConvention()) -> dict[str, float | None]:
     """HD (at ``percentile``, key ``hd95``), mean surface distance and normalised surface Dice from
     one distance pass."""
     p, r = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)

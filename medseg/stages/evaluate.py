@@ -1,36 +1,52 @@
-"""``evaluate``: predict the test split with a checkpoint and score it on the native grid.
+"""``evaluate``: score segmentations on the native grid and write the report.
 
-Inputs: ``paths.checkpoint`` (``best.pt`` of train) and ``paths.prepared`` (for the test split).
-Outputs: ``predictions/<case>.nii.gz``, ``metrics.json`` (summary per structure, conventions,
-provenance), ``metrics.csv`` (one row per case and structure), ``report.md``, ``report.html``,
-``figures/``.
+Two modes:
+
+- **checkpoint** (default): predict the test split of ``paths.prepared`` with ``paths.checkpoint``
+  (``best.pt`` of train) and score it; predictions are written to ``predictions/<case>.nii.gz``.
+- **folders**: ``evaluate.predictions=DIR evaluate.references=DIR`` scores any folder of predicted
+  label maps (nnU-Net's, a MONAI bundle's, anyone's) against references, matched by case name
+  (see :mod:`medseg.metrics.external`); ``evaluate.labels`` gives the label coding of both.
+
+Outputs: ``metrics.json`` (summary per structure with bootstrap CIs, per-case values, conventions,
+data fingerprint, model sha256, provenance, config), ``metrics.csv`` (one row per case and
+structure), ``detections.json``, ``report.md``, ``report.html`` (self-contained), ``figures/``.
+
+Bad input: strict by default (one error naming the case and file). With
+``evaluate.skip_bad=true`` a missing or unreadable prediction is scored as an empty prediction and
+a case with an unreadable reference is left unscored; both are listed as failures in the report
+and in ``metrics.json`` rather than dropped.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
+import time
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from medseg.data.io.nifti import write_nifti
-from medseg.data.labels import LabelSpec
+from medseg.data.io.nifti import read_nifti, write_nifti
+from medseg.data.labels import CONVENTIONS, LabelSpec, label_spec
 from medseg.data.preprocess import PreprocessSpec
 from medseg.data.sources import CaseRef, Source, make_source
 from medseg.engine.inference import CasePredictor, torch_network
 from medseg.engine.targets import Target
 from medseg.engine.trainer import load_checkpoint, pick_device
-from medseg.errors import DataError
+from medseg.errors import ConfigError, DataError, MedsegError
 from medseg.metrics.case import case_metrics
 from medseg.metrics.detection import case_level, detect, roc_auc
 from medseg.metrics.overlap import EmptyConvention
 from medseg.models.unet import build_model, load_weights
-from medseg.report.figures import boxplot, outline_montage
-from medseg.report.render import write_reports
+from medseg.metrics.external import image_for, load_pair, match_folders, read_label_map
+from medseg.report.evaluation import MontageLoader, montage_rows, write_evaluation_report
+from medseg.report.provenance import provenance
 from medseg.stages.common import plain, require_path
 from medseg.stages.train import load_prepared
 from medseg.utils.files import atomic_path, sha256_file, write_json
@@ -84,7 +100,9 @@ def detection_summary(detections: list[dict[str, Any]], per_case: list[dict[str,
                        "lesions": "26-connected components of the predicted tumour, largest first"},
         "case_level": {**case_level([d["tumour_present"] for d in detections], truths),
                        "roc_auc_volume": roc_auc([d["tumour_volume_ml"] for d in detections], truths),
-                       "roc_auc_max_probability": roc_auc([d["max_foreground_prob"] for d in detections], truths)},
+                       "roc_auc_max_probability": (roc_auc([d["max_foreground_prob"] for d in detections], truths)
+                                                   if all(d["max_foreground_prob"] is not None for d in detections)
+                                                   else None)},
         "lesion_level": {"tp": tp, "fp": fp, "fn": fn, "precision": tp / (tp + fp) if tp + fp else None,
                          "recall": tp / (tp + fn) if tp + fn else None},
         "cases": detections,
@@ -126,70 +144,233 @@ def aggregate(per_case: list[dict[str, dict[str, float | None]]], n_boot: int = 
     return out
 
 
+class Scoring:
+    """Accumulates per-case metrics, detections and a content fingerprint of the references."""
+
+    def __init__(self, cfg: DictConfig, labels: LabelSpec) -> None:
+        ev = cfg.evaluate
+        self.labels = labels
+        self.empty = EmptyConvention.named(str(ev.empty_convention), float(ev.empty_hd_mm))
+        self.percentile = float(ev.hd_percentile)
+        self.nsd_mm = float(ev.nsd_tolerance_mm)
+        self.min_ml = float(ev.detection_min_ml)
+        self.records: list[dict[str, Any]] = []
+        self.detections: list[dict[str, Any]] = []
+        self._fingerprint = hashlib.sha256()
+
+    def add(self, name: str, pred: np.ndarray, ref: np.ndarray, affine: np.ndarray, *,
+            seconds: float | None = None, max_prob: float | None = None, status: str = "ok",
+            reason: str | None = None, scored_as: str | None = None) -> dict[str, Any]:
+        spacing = [float(x) for x in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]
+        m = case_metrics(pred, ref, spacing, self.labels, self.percentile, self.empty, self.nsd_mm)
+        self._fingerprint.update(f"{name}:{ref.shape}:{np.round(affine, 4).tolist()}".encode())
+        self._fingerprint.update(np.ascontiguousarray(ref, dtype=np.uint8).tobytes())
+        found = detect(pred, affine, self.labels.regions, self.min_ml)
+        truth = detect(ref, affine, self.labels.regions, self.min_ml)
+        self.detections.append({"case": name, **found, "max_foreground_prob": max_prob,
+                                "reference_tumour_present": truth["tumour_present"],
+                                "reference_n_lesions": truth["n_lesions"]})
+        record = {"case": name, "status": status, "reason": reason, "scored_as": scored_as, "seconds": seconds,
+                  "max_foreground_prob": max_prob, "metrics": m}
+        self.records.append(record)
+        log.info("evaluate %s: %s%s", name, ", ".join(f"{r} Dice {fmt(m[r]['dice'])}" for r in self.labels.regions),
+                 f" ({status}: {reason})" if status != "ok" else "")
+        return record
+
+    def add_unscored(self, name: str, reason: str) -> None:
+        self.records.append({"case": name, "status": "failed", "reason": reason, "scored_as": "not scored",
+                             "seconds": None, "max_foreground_prob": None, "metrics": None})
+        log.warning("evaluate %s: not scored (%s)", name, reason)
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the case names, grids and reference voxels that were scored."""
+        return self._fingerprint.hexdigest()
+
+    def finish(self, cfg: DictConfig, out_dir: Path, *, title: str, source: dict[str, Any],
+               model_sha: str | None, montage: MontageLoader | None, seconds: float) -> dict[str, Any]:
+        """Write metrics.json/csv, detections.json and the report; return the stage summary."""
+        scored = [r for r in self.records if r["metrics"] is not None]
+        if not scored:
+            raise DataError(source.get("references") or source.get("prepared", out_dir),
+                            "no case could be scored (see the failures above)")
+        summary = aggregate([r["metrics"] for r in scored])
+        failed = [{"case": r["case"], "reason": r["reason"], "scored_as": r["scored_as"]}
+                  for r in self.records if r["status"] != "ok"]
+        conventions = {"empty": self.empty.describe(), "hd": HD_DEFINITION,
+                       "msd": "mean of both directions' surface distances pooled (MedPy assd), mm",
+                       "nsd": f"normalised surface Dice at {self.nsd_mm:g} mm",
+                       "rates": "sensitivity/precision undefined (null, skipped in aggregates) when the "
+                                "reference/prediction is empty",
+                       "lesion_wise": "BraTS 2023: 26-connected lesions, reference dilated 3 voxels, lesions "
+                                      "under 0.05 ml ignored, missed / false-positive lesions Dice 0 and HD95 374 mm",
+                       "aggregate": "mean, median, std, IQR and bootstrap 95% CI of the mean (2000 resamples); "
+                                    "undefined values skipped (n counts the values used)",
+                       "failures": "a missing or unreadable prediction (evaluate.skip_bad=true) is scored as an "
+                                   "empty prediction and listed under failed",
+                       "grid": "native grid of each reference image"}
+        prov = {**provenance(), "data_fingerprint": self.fingerprint, "model_sha256": model_sha or "n/a (external)",
+                **source, "seconds": round(seconds, 2)}
+        config = OmegaConf.to_container(cfg, resolve=True)
+        detection = detection_summary(self.detections, [r["metrics"] for r in scored], self.labels, self.min_ml)
+        result = {"convention": conventions, "regions": {k: list(v) for k, v in self.labels.regions.items()},
+                  "summary": summary, "cases": [{"case": r["case"], "status": r["status"], **r["metrics"]}
+                                                for r in scored],
+                  "failed": failed, "n_cases": len(self.records), "data_fingerprint": self.fingerprint,
+                  "model_sha256": model_sha, "provenance": prov, "config": config}
+        if "checkpoint" in source:
+            result["checkpoint"] = source["checkpoint"]
+        write_json(out_dir / "metrics.json", result)
+        write_json(out_dir / "detections.json", detection)
+        rows = [{"case": r["case"], "status": r["status"], "structure": s, **vals,
+                 "max_foreground_prob": r["max_foreground_prob"], "seconds": r["seconds"]}
+                for r in scored for s, vals in r["metrics"].items()]
+        _write_csv(out_dir / "metrics.csv", rows)
+        write_evaluation_report(
+            out_dir, title="medseg evaluation report", summary=summary, records=self.records,
+            regions=self.labels.regions, detection=detection,
+            conventions=[f"Empty masks — {self.empty.describe()}", HD_DEFINITION,
+                         f"Surface Dice tolerance {self.nsd_mm:g} mm; volumes in ml from the voxel spacing",
+                         conventions["lesion_wise"], conventions["aggregate"], conventions["failures"]],
+            provenance=prov, config_yaml=OmegaConf.to_yaml(cfg, resolve=True), montage=montage,
+            n_figures=int(cfg.evaluate.n_figures), nsd_mm=self.nsd_mm)
+        for region in self.labels.regions:
+            log.info("test %-16s Dice %s (median %s), HD95 %s mm", region, fmt(summary[region]["dice"]["mean"], 4),
+                     fmt(summary[region]["dice"]["median"], 4), fmt(summary[region]["hd95"]["mean"], 2))
+        if failed:
+            log.warning("%d case(s) failed and are listed in the report: %s", len(failed),
+                        ", ".join(f["case"] for f in failed))
+        return {"n_cases": len(self.records), "n_failed": len(failed),
+                "dice": {r: summary[r]["dice"]["mean"] for r in self.labels.regions},
+                "hd95_mm": {r: summary[r]["hd95"]["mean"] for r in self.labels.regions},
+                "metrics": str(out_dir / "metrics.json"), "report": str(out_dir / "report.html")}
+
+
+def fmt(v: float | None, digits: int = 3) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
 def evaluate_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run the evaluate stage (see module docstring)."""
+    if cfg.evaluate.predictions or cfg.evaluate.references:
+        return evaluate_folders(cfg, out_dir)
+    return evaluate_checkpoint(cfg, out_dir)
+
+
+def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Predict the prepared test split with the checkpoint and score it."""
+    start = time.monotonic()
     checkpoint = require_path(cfg, "checkpoint", "evaluate")
     prepared = require_path(cfg, "prepared", "evaluate")
     datalist, plan = load_prepared(prepared)
     test = datalist["test"]
     if not test:
         raise DataError(prepared / "datalist.json", "the test split is empty: nothing to evaluate")
-    inf_cfg = plain(cfg.evaluate.inference)
-    predictor, meta = predictor_from_checkpoint(checkpoint, inf_cfg)
+    predictor, meta = predictor_from_checkpoint(checkpoint, plain(cfg.evaluate.inference))
     labels = LabelSpec.from_json(meta["plan"]["labels"])
-    empty = EmptyConvention(one_empty_hd=float(cfg.evaluate.empty_hd_mm))
+    scoring = Scoring(cfg, labels)
     refs = source_refs(plan, [e["name"] for e in test])
-    per_case, rows, shown, detections = [], [], [], []
-    min_ml = float(cfg.evaluate.detection_min_ml)
+    skip_bad = bool(cfg.evaluate.skip_bad)
     for entry in test:
         source, ref = refs[entry["name"]]
-        case = source.load(ref)
+        try:
+            case = source.load(ref)
+        except MedsegError as e:
+            if not skip_bad:
+                raise
+            scoring.add_unscored(entry["name"], str(e))
+            continue
         pred = predictor(case.image, case.affine, name=entry["name"])
         with atomic_path(out_dir / "predictions" / f"{entry['name']}.nii.gz") as tmp:
             write_nifti(tmp, pred.label, case.affine)
-        m = case_metrics(pred.label, case.label, case.spacing, labels,
-                         float(cfg.evaluate.hd_percentile), empty, float(cfg.evaluate.nsd_tolerance_mm))
-        per_case.append(m)
-        for structure, vals in m.items():
-            rows.append({"case": entry["name"], "structure": structure, **vals,
-                         "max_foreground_prob": pred.max_foreground_prob, "seconds": pred.seconds})
-        shown.append((entry["name"], case, pred.label, m))
-        found = detect(pred.label, case.affine, labels.regions, min_ml)
-        truth = detect(case.label, case.affine, labels.regions, min_ml)
-        detections.append({"case": entry["name"], **found, "max_foreground_prob": pred.max_foreground_prob,
-                           "reference_tumour_present": truth["tumour_present"],
-                           "reference_n_lesions": truth["n_lesions"]})
-        log.info("evaluate %s: %s (%.1f s)", entry["name"],
-                 ", ".join(f"{r} Dice {m[r]['dice']:.3f}" for r in labels.regions), pred.seconds)
-    summary = aggregate(per_case)
-    _write_csv(out_dir / "metrics.csv", rows)
-    model_sha = sha256_file(checkpoint)
-    result = {
-        "convention": {"empty": empty.describe(), "hd": HD_DEFINITION,
-                       "msd": "mean of both directions' surface distances pooled (MedPy assd), mm",
-                       "nsd": f"normalised surface Dice at {float(cfg.evaluate.nsd_tolerance_mm):g} mm",
-                       "rates": "sensitivity/precision undefined (null, skipped in aggregates) when the "
-                                "reference/prediction is empty",
-                       "aggregate": "mean, median, std, IQR and bootstrap 95% CI of the mean (2000 resamples)",
-                       "grid": "native grid of each source image (predictions restored from the model grid)"},
-        "regions": {k: list(v) for k, v in labels.regions.items()},
-        "summary": summary,
-        "cases": [{"case": e["name"], **m} for e, m in zip(test, per_case)],
-        "model_sha256": model_sha,
-        "checkpoint": str(checkpoint),
-        "n_cases": len(test),
-    }
-    write_json(out_dir / "metrics.json", result)
-    write_json(out_dir / "detections.json", detection_summary(detections, per_case, labels, min_ml))
-    _report(out_dir, summary, per_case, test, shown, labels, empty, model_sha, int(cfg.evaluate.n_figures),
-            str(meta["plan"]["preprocessing"]["channels"][0]))
-    for region in labels.regions:
-        log.info("test %-16s Dice %.4f (median %.4f), HD95 %.2f mm", region,
-                 summary[region]["dice"]["mean"], summary[region]["dice"]["median"], summary[region]["hd95"]["mean"])
-    return {"n_cases": len(test),
-            "dice": {r: summary[r]["dice"]["mean"] for r in labels.regions},
-            "hd95_mm": {r: summary[r]["hd95"]["mean"] for r in labels.regions},
-            "metrics": str(out_dir / "metrics.json")}
+        scoring.add(entry["name"], pred.label, case.label, case.affine, seconds=pred.seconds,
+                    max_prob=pred.max_foreground_prob)
+    channels = list(meta["plan"]["preprocessing"]["channels"])
+
+    def montage(name: str) -> tuple[list, np.ndarray]:
+        source, ref = refs[name]
+        case = source.load(ref)
+        pred = read_nifti(out_dir / "predictions" / f"{name}.nii.gz", ndim=(3,)).data.astype(np.uint8)
+        return montage_rows(case.image, channels, case.label, pred, labels.regions), case.affine
+
+    return scoring.finish(cfg, out_dir, title="medseg evaluation report",
+                          source={"checkpoint": str(checkpoint), "prepared": str(prepared)},
+                          model_sha=sha256_file(checkpoint), montage=montage, seconds=time.monotonic() - start)
+
+
+def evaluate_folders(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Score a folder of predicted label maps against a folder of references."""
+    start = time.monotonic()
+    ev = cfg.evaluate
+    if not (ev.predictions and ev.references):
+        raise ConfigError("scoring folders needs both evaluate.predictions=DIR and evaluate.references=DIR")
+    convention = str(ev.labels)
+    if convention not in CONVENTIONS:
+        raise ConfigError(f"evaluate.labels={convention!r} is not known; valid: {', '.join(CONVENTIONS)}")
+    labels = label_spec(convention)
+    pred_dir, ref_dir = Path(str(ev.predictions)).expanduser(), Path(str(ev.references)).expanduser()
+    images = Path(str(ev.images)).expanduser() if ev.images else None
+    matched = match_folders(pred_dir, ref_dir)
+    skip_bad = bool(ev.skip_bad)
+    if matched.missing and not skip_bad:
+        shown = ", ".join(matched.missing[:10]) + (" ..." if len(matched.missing) > 10 else "")
+        raise DataError(pred_dir, f"no prediction for {len(matched.missing)} reference case(s): {shown} "
+                                  "(evaluate.skip_bad=true scores them as empty predictions and lists them)")
+    if matched.unmatched:
+        log.warning("%d prediction(s) have no reference and are not scored: %s", len(matched.unmatched),
+                    ", ".join(matched.unmatched[:10]))
+    scoring = Scoring(cfg, labels)
+    ref_paths = matched.references
+    for name in sorted(ref_paths):
+        pred_path = matched.pairs[name][0] if name in matched.pairs else None
+        try:
+            if pred_path is None:
+                raise DataError(pred_dir, f"case {name}: no prediction file")
+            pred, ref, affine = load_pair(name, pred_path, ref_paths[name], convention)
+            scoring.add(name, pred, ref, affine)
+        except MedsegError as e:
+            if not skip_bad:
+                raise
+            try:
+                ref, affine = read_label_map(ref_paths[name], convention)
+            except MedsegError as ref_error:
+                scoring.add_unscored(name, str(ref_error))
+                continue
+            scoring.add(name, np.zeros_like(ref), ref, affine, status="failed", reason=str(e),
+                        scored_as="empty prediction")
+
+    def montage(name: str) -> tuple[list, np.ndarray]:
+        ref, affine = read_label_map(ref_paths[name], convention)
+        try:  # a failed case was scored as an empty prediction: show it that way
+            pred = load_pair(name, matched.pairs[name][0], ref_paths[name], convention)[0]
+        except (KeyError, MedsegError):
+            pred = np.zeros_like(ref)
+        files = image_for(images, name)
+        if files:
+            chans = [read_nifti(f, ndim=(2, 3, 4)).data for f in files]
+            image = np.concatenate([c.reshape(ref.shape + (-1,)) for c in chans], axis=-1).transpose(3, 0, 1, 2)
+            names = channel_names(images, image.shape[0])
+        else:
+            image, names = (ref > 0).astype(np.float32)[None] * 0.0, ["no image"]
+        return montage_rows(image, names, ref, pred, labels.regions), affine
+
+    return scoring.finish(cfg, out_dir, title="medseg evaluation report",
+                          source={"predictions": str(pred_dir), "references": str(ref_dir),
+                                  "unmatched_predictions": ", ".join(matched.unmatched) or "none"},
+                          model_sha=None, montage=montage, seconds=time.monotonic() - start)
+
+
+def channel_names(images: Path, n: int) -> list[str]:
+    """Channel names from a ``dataset.json`` next to the image folder (nnU-Net ``channel_names`` or
+    MSD ``modality``), else ``channel 0, 1, ...``."""
+    meta = images.parent / "dataset.json"
+    try:
+        obj = json.loads(meta.read_text(encoding="utf-8")) if meta.is_file() else {}
+        names = obj.get("channel_names") or obj.get("modality") or {}
+        found = [str(names.get(str(i), f"channel {i}")) for i in range(n)]
+    except (OSError, ValueError, AttributeError):
+        found = []
+    return found if len(found) == n else [f"channel {i}" for i in range(n)]
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -197,24 +378,3 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-
-
-def _report(out_dir: Path, summary: dict, per_case: list, test: list, shown: list, labels: LabelSpec,
-            empty: EmptyConvention, model_sha: str, n_figures: int, channel: str) -> None:
-    regions = list(labels.regions)
-    figures = [("Dice per structure (one dot per case)",
-                boxplot({s: [c[s]["dice"] for c in per_case] for s in per_case[0]}, "Dice",
-                        out_dir / "figures" / "dice_boxplot.png"))]
-    worst_first = sorted(shown, key=lambda t: t[3][regions[0]]["dice"])
-    for name, case, pred, m in worst_first[:n_figures]:
-        png = outline_montage(case.image[0], case.label > 0, pred > 0, case.affine,
-                              f"{name}: whole-tumour Dice {m[regions[0]]['dice']:.3f}",
-                              out_dir / "figures" / f"{name}.png")
-        figures.append((f"{name}: whole-tumour outlines on {channel}", png))
-    header = ["case", *[f"{r} Dice" for r in regions], *[f"{r} HD95" for r in regions], "WT ref ml", "WT pred ml"]
-    rows = [[e["name"], *[f"{m[r]['dice']:.3f}" for r in regions], *[f"{m[r]['hd95']:.1f}" for r in regions],
-             f"{m[regions[0]]['volume_ref_ml']:.1f}", f"{m[regions[0]]['volume_pred_ml']:.1f}"]
-            for e, m in zip(test, per_case)]
-    notes = [f"{len(test)} test cases; regions: " + ", ".join(f"{k} = {list(v)}" for k, v in labels.regions.items()),
-             f"Empty-mask convention — {empty.describe()}", HD_DEFINITION, f"model sha256 {model_sha}"]
-    write_reports(out_dir, "medseg evaluation report", summary, header, rows, figures, notes)
