@@ -1,4 +1,4 @@
-"""Metrics against MedPy (an independent implementation) and hand-computed cases.
+"""Metrics against MedPy and MONAI (independent implementations) and hand-computed cases.
 
 Agreement to 1e-6: Dice (``dc``), IoU (``jc``), sensitivity, specificity, precision, Hausdorff
 (100th percentile, ``hd``) and mean surface distance (``assd``: the mean of both directions'
@@ -76,3 +76,46 @@ def test_hand_computed_values():
     assert surface_metrics(p, e, (1, 1, 1)) == {"hd95": conv.one_empty_hd, "msd": conv.one_empty_hd, "nsd": 0.0}
     assert rates(e, e) == {"sensitivity": None, "specificity": 1.0, "precision": None}
     assert rates(p, e)["sensitivity"] is None and rates(e, r)["precision"] is None
+
+
+def _onehot(mask):
+    import torch
+
+    t = torch.from_numpy(np.asarray(mask, bool)).float()[None, None]
+    return torch.cat([1 - t, t], 1)
+
+
+@pytest.mark.parametrize("name", list(_cases()))
+def test_agreement_with_monai(name):
+    """MONAI's metric functions: Dice/IoU to 1e-6; HD95 (max of directed percentiles, as medseg),
+    symmetric average surface distance and surface Dice to 1e-6 too (same surface definition)."""
+    metrics = pytest.importorskip("monai.metrics")
+    pred, ref, spacing = _cases()[name]
+    p, r = _onehot(pred), _onehot(ref)
+    assert dice(pred, ref) == pytest.approx(metrics.compute_dice(p, r, include_background=False).item(), abs=1e-6)
+    assert iou(pred, ref) == pytest.approx(metrics.compute_iou(p, r, include_background=False).item(), abs=1e-6)
+    s = surface_metrics(pred, ref, spacing, tolerance_mm=1.0)
+    hd = metrics.compute_hausdorff_distance(p, r, percentile=95, spacing=list(spacing)).item()
+    assert s["hd95"] == pytest.approx(hd, abs=1e-6, rel=1e-6)  # MONAI returns float32
+    assert s["hd95"] == pytest.approx(hd, abs=float(np.linalg.norm(spacing)))  # the issue's tolerance
+    asd = metrics.compute_average_surface_distance(p, r, symmetric=True, spacing=list(spacing)).item()
+    assert s["msd"] == pytest.approx(asd, abs=1e-6, rel=1e-6)
+    nsd = metrics.compute_surface_dice(p, r, class_thresholds=[1.0], spacing=list(spacing)).item()
+    assert s["nsd"] == pytest.approx(nsd, abs=1e-6)
+
+
+def test_empty_masks_against_monai():
+    """MONAI's ``ignore_empty`` Dice is NaN whenever the reference is empty; medseg's ``ignore``
+    convention agrees for both-empty (undefined) but scores a prediction on an empty reference as
+    Dice 0 (a false positive is an error, as nnU-Net scores it); ``brats`` gives 1 / 0."""
+    metrics = pytest.importorskip("monai.metrics")
+    e = np.zeros((6, 6, 6), bool)
+    p = e.copy()
+    p[2, 2, 2] = True
+    monai_both = metrics.compute_dice(_onehot(e), _onehot(e), include_background=False, ignore_empty=True).item()
+    monai_fp = metrics.compute_dice(_onehot(p), _onehot(e), include_background=False, ignore_empty=True).item()
+    monai_fn = metrics.compute_dice(_onehot(e), _onehot(p), include_background=False, ignore_empty=True).item()
+    ignore, brats = EmptyConvention.named("ignore"), EmptyConvention.named("brats")
+    assert np.isnan(monai_both) and dice(e, e, ignore) is None and dice(e, e, brats) == 1.0
+    assert np.isnan(monai_fp) and dice(p, e, ignore) == 0.0  # the written difference
+    assert monai_fn == 0.0 and dice(e, p, ignore) == 0.0 and dice(e, p, brats) == 0.0
