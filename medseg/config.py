@@ -283,6 +283,9 @@ class ExportConfig:
 
     logit_tolerance: float = 1e-3
     min_label_agreement: float = 0.9999
+    onnx: bool = True
+    opset: int = 17
+    bundle: bool = True
 
 
 @dataclass
@@ -294,6 +297,9 @@ class PredictConfig:
     cases: list[str] = field(default_factory=list)
     ensemble: list[str] = field(default_factory=list)
     skip_existing: bool = True
+    backend: str = "torch"
+    shard: Optional[str] = None
+    dicom_seg: str = "auto"
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 

@@ -43,3 +43,12 @@ def run_medseg(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Com
     """Run the ``medseg`` command in a subprocess."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
     return subprocess.run([*MEDSEG, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def run_dir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``medseg run`` on the tiny dataset (prepare, train, evaluate, export, predict). Read-only!"""
+    cwd = tmp_path_factory.mktemp("e2e")
+    proc = run_medseg(["run", f"data.root={tiny_dataset}", "hydra.run.dir=out", *TINY], cwd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return cwd / "out"

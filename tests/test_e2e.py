@@ -14,14 +14,6 @@ import torch
 from conftest import TINY, run_medseg
 
 
-@pytest.fixture(scope="module")
-def run_dir(tiny_dataset, tmp_path_factory) -> Path:
-    cwd = tmp_path_factory.mktemp("e2e")
-    proc = run_medseg(["run", f"data.root={tiny_dataset}", "hydra.run.dir=out", *TINY], cwd)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return cwd / "out"
-
-
 def test_run_writes_every_stage(run_dir):
     for stage in ("prepare", "train", "evaluate", "export", "predict"):
         assert (run_dir / stage / "summary.json").is_file(), stage

@@ -104,6 +104,13 @@ def remove_small_components(label: np.ndarray, spacing: Sequence[float], min_ml:
     return out
 
 
+def pick_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
 def torch_network(module: torch.nn.Module | torch.jit.ScriptModule, device: torch.device) -> Network:
     """Wrap a module as a CPU-in/CPU-out network callable running on ``device``."""
     module.eval()

@@ -35,6 +35,7 @@ from medseg.engine.losses import SegmentationLoss
 from medseg.engine.logging import TrainingLog
 from medseg.engine.sliding_window import sliding_window_probs
 from medseg.engine.state import latest_state, rng_state, save_state, set_rng_state
+from medseg.engine.inference import pick_device
 from medseg.engine.targets import Target
 from medseg.errors import ConfigError, DataError
 from medseg.metrics.overlap import dice
@@ -68,13 +69,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def lr_factor(it: int, total: int, warmup: int, schedule: str) -> float:

@@ -3,7 +3,10 @@
 An artifact is a folder::
 
     model.ts        TorchScript module; its extra file ``metadata.json`` embeds the metadata
-    metadata.json   the same metadata plus ``files``: sha256 of every other file in the folder
+    model.onnx      the same network in ONNX (opset 17, dynamic batch and spatial axes)
+    MODEL_CARD.md   intended use, input specification, training data, metrics, limitations
+    medseg_bundle/  a MONAI-bundle-compatible copy (see :mod:`medseg.export.bundle`)
+    metadata.json   the metadata plus ``files``: sha256 of every other file, subfolders included
 
 ``metadata.json`` describes the inputs (channel names and order, spacing, orientation,
 normalisation), the patch size, the outputs (label map and regions), evaluation metrics, library
@@ -14,7 +17,6 @@ loading anything, so a modified or truncated file is refused.
 from __future__ import annotations
 
 import json
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,16 +31,37 @@ from medseg.utils.files import atomic_path, read_json, sha256_file, write_json
 FORMAT = "medseg-artifact"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.ts"
+ONNX_FILE = "model.onnx"
+CARD_FILE = "MODEL_CARD.md"
 METADATA_FILE = "metadata.json"
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass
 class Artifact:
     """A loaded artifact: TorchScript module plus parsed metadata."""
 
-    module: torch.jit.ScriptModule
+    module: torch.jit.ScriptModule | None
     metadata: dict[str, Any]
     path: Path
+
+    def network(self, backend: str = "torch", device: torch.device | str = "cpu", threads: int | None = None):  # noqa: ANN201
+        """A network callable for the sliding window, run by TorchScript or ONNX Runtime."""
+        if backend == "onnxruntime":
+            from medseg.export.onnx import onnx_network
+
+            if not (self.path / ONNX_FILE).is_file():
+                raise ArtifactError(f"{self.path}: no {ONNX_FILE} in this artifact (exported with export.onnx=false); "
+                                    f"use predict.backend=torch")
+            return onnx_network(self.path / ONNX_FILE, threads, str(device))
+        if backend != "torch":
+            raise ArtifactError(f"backend {backend!r} is not known; valid: {', '.join(BACKENDS)}")
+        if self.module is None:
+            raise ArtifactError(f"{self.path}: loaded without its TorchScript module")
+        from medseg.engine.inference import torch_network
+
+        self.module.to(device)
+        return torch_network(self.module, torch.device(device))
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -56,33 +79,24 @@ class Artifact:
         return [int(p) for p in self.metadata["input"]["patch_size"]]
 
 
-def library_versions() -> dict[str, str]:
-    """Versions of the libraries that matter for reproducing a result."""
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("medseg", "torch", "monai", "numpy", "nibabel", "pydicom", "hydra-core"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
-
-
 def write_artifact(out_dir: Path, scripted: torch.jit.ScriptModule, metadata: dict[str, Any]) -> Path:
     """Write ``model.ts`` (metadata embedded) and ``metadata.json`` with file hashes."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, **metadata}
     with atomic_path(out_dir / MODEL_FILE) as tmp:
         torch.jit.save(scripted, str(tmp), _extra_files={METADATA_FILE: json.dumps(meta, indent=2)})
-    files = {p.name: sha256_file(p) for p in sorted(out_dir.iterdir())
-             if p.is_file() and p.name != METADATA_FILE and not p.name.startswith(".")}
+    files = {p.relative_to(out_dir).as_posix(): sha256_file(p) for p in sorted(out_dir.rglob("*"))
+             if p.is_file() and p.relative_to(out_dir).as_posix() != METADATA_FILE
+             and not any(part.startswith(".") for part in p.relative_to(out_dir).parts)}
     write_json(out_dir / METADATA_FILE, {**meta, "files": files})
     return out_dir
 
 
-def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> Artifact:
+def load_artifact(path: str | Path, device: str | torch.device = "cpu", load_module: bool = True) -> Artifact:
     """Verify and load an artifact folder (or the ``model.ts`` inside it).
+
+    Every file listed in ``metadata.json`` is hashed before anything is deserialised;
+    ``load_module=False`` skips loading the TorchScript module (for the ONNX Runtime backend).
 
     Raises:
         ArtifactError: missing files, unknown format, or any file whose sha256 differs from
@@ -109,6 +123,8 @@ def load_artifact(path: str | Path, device: str | torch.device = "cpu") -> Artif
         if sha256_file(f) != digest:
             raise ArtifactError(f"{f}: sha256 differs from {METADATA_FILE}; the artifact was modified "
                                 f"or damaged, refusing to load it")
+    if not load_module:
+        return Artifact(module=None, metadata=meta, path=folder)
     extra = {METADATA_FILE: ""}
     try:
         module = torch.jit.load(str(folder / MODEL_FILE), map_location=device, _extra_files=extra)

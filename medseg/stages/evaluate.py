@@ -38,7 +38,8 @@ from medseg.data.preprocess import PreprocessSpec
 from medseg.data.sources import CaseRef, Source, make_source
 from medseg.engine.inference import CasePredictor, torch_network
 from medseg.engine.targets import Target
-from medseg.engine.trainer import load_checkpoint, pick_device
+from medseg.engine.inference import pick_device
+from medseg.engine.trainer import load_checkpoint
 from medseg.errors import ConfigError, DataError, MedsegError
 from medseg.metrics.case import case_metrics
 from medseg.metrics.detection import case_level, detect, roc_auc

@@ -1,9 +1,13 @@
-"""``export``: TorchScript artifact with its metadata, proven equal to the eager model.
+"""``export``: TorchScript + ONNX artifact with its metadata, proven equal to the eager model.
 
-Inputs: ``paths.checkpoint``; optional ``paths.prepared`` (a real case for the parity check) and
-``paths.metrics`` (evaluate's ``metrics.json``, copied into the metadata).
-Outputs: ``artifact/model.ts`` + ``artifact/metadata.json`` (see :mod:`medseg.export.artifact`),
-``summary.json`` with the parity figures.
+Inputs: ``paths.checkpoint``; optional ``paths.prepared`` (a real case for the parity check and the
+training-data fingerprint of the model card) and ``paths.metrics`` (evaluate's ``metrics.json``,
+copied into the metadata and the model card).
+Outputs: ``artifact/`` with ``model.ts``, ``model.onnx`` (``export.onnx``), ``MODEL_CARD.md``,
+``medseg_bundle/`` (``export.bundle``) and ``metadata.json`` (see :mod:`medseg.export.artifact`);
+``summary.json`` with the parity figures of every format. Export fails if any format's logits or
+labels differ from the eager model's beyond ``export.logit_tolerance`` /
+``export.min_label_agreement``.
 """
 
 from __future__ import annotations
@@ -22,12 +26,16 @@ from medseg.engine.sliding_window import sliding_window_probs
 from medseg.engine.targets import Target
 from medseg.engine.trainer import load_checkpoint
 from medseg.errors import ArtifactError
-from medseg.export.artifact import library_versions, load_artifact, write_artifact
+from medseg.export.artifact import CARD_FILE, ONNX_FILE, load_artifact, write_artifact
+from medseg.export.bundle import write_bundle
+from medseg.export.model_card import model_card
+from medseg.export.onnx import export_onnx
+from medseg.report.provenance import library_versions
 from medseg.models.unet import architecture, build_model, check_relu_only, count_parameters, load_weights
 from medseg.stages.common import require_path
 from medseg.stages.evaluate import checkpoint_target
 from medseg.stages.train import load_prepared
-from medseg.utils.files import read_json, sha256_file
+from medseg.utils.files import read_json, sha256_file, write_text
 
 log = logging.getLogger(__name__)
 
@@ -107,12 +115,33 @@ def export_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "weights_sha256": weights_sha256(model.state_dict()),
     }
     art_dir = out_dir / "artifact"
+    art_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.export.onnx:
+        export_onnx(model, example, art_dir / ONNX_FILE, int(cfg.export.opset))
+    if cfg.export.bundle:
+        write_bundle(art_dir, model, metadata)
+    write_text(art_dir / CARD_FILE, model_card(metadata, training_data(prepared)))
     write_artifact(art_dir, scripted, metadata)
-    parity = check_parity(model, art_dir, example, image, patch, target,
-                          float(cfg.export.logit_tolerance), float(cfg.export.min_label_agreement))
-    log.info("export: %s (max |logit diff| %.2e, label agreement %.6f)", art_dir,
-             parity["max_abs_logit_diff"], parity["label_agreement"])
-    return {"artifact": str(art_dir), **parity}
+    backends = ["torch"] + (["onnxruntime"] if cfg.export.onnx else [])
+    parity = {b: check_parity(model, art_dir, example, image, patch, target, float(cfg.export.logit_tolerance),
+                              float(cfg.export.min_label_agreement), backend=b) for b in backends}
+    for b, p in parity.items():
+        log.info("export %s: max |logit diff| %.2e, label agreement %.6f", b, p["max_abs_logit_diff"],
+                 p["label_agreement"])
+    return {"artifact": str(art_dir), **parity["torch"], "parity": parity,
+            "files": sorted(read_json(art_dir / "metadata.json")["files"])}
+
+
+def training_data(prepared: Path | None) -> dict[str, Any] | None:
+    """The training data fingerprint recorded in the model card."""
+    if prepared is None or not (prepared / "fingerprint.json").is_file():
+        return None
+    datalist, plan = load_prepared(prepared)
+    digest = hashlib.sha256((prepared / "fingerprint.json").read_bytes() + (prepared / "datalist.json").read_bytes())
+    src = plan.get("source", {})
+    return {"sha256": digest.hexdigest(), "fingerprint": read_json(prepared / "fingerprint.json"),
+            "split": {k: len(v) for k, v in datalist.items() if isinstance(v, list)},
+            "source": f"{src.get('kind', '')} {src.get('root', '')} ({src.get('convention', '')} labels)"}
 
 
 def _window(image: np.ndarray, patch: list[int]) -> np.ndarray:
@@ -129,11 +158,14 @@ def _window(image: np.ndarray, patch: list[int]) -> np.ndarray:
 
 
 def check_parity(model: torch.nn.Module, art_dir: Path, example: torch.Tensor, image: np.ndarray | None,
-                 patch: list[int], target: Target, tol: float, min_agree: float) -> dict[str, Any]:
-    """Reload the artifact and compare it with the eager model; raise if beyond tolerance."""
-    art = load_artifact(art_dir)
+                 patch: list[int], target: Target, tol: float, min_agree: float, backend: str = "torch"
+                 ) -> dict[str, Any]:
+    """Reload the artifact, run it with ``backend`` and compare it with the eager model; raise if
+    beyond tolerance."""
+    art = load_artifact(art_dir, load_module=backend == "torch")
+    exported = art.network(backend)
     with torch.inference_mode():
-        diff = float((model(example) - art.module(example)).abs().max())
+        diff = float((model(example) - exported(example)).abs().max())
     agreement = 1.0
     if image is not None:
         x = torch.from_numpy(image)
@@ -142,15 +174,11 @@ def check_parity(model: torch.nn.Module, art_dir: Path, example: torch.Tensor, i
             with torch.inference_mode():
                 return model(b)
 
-        def scripted(b: torch.Tensor) -> torch.Tensor:
-            with torch.inference_mode():
-                return art.module(b)
-
         a, b = (target.decode(sliding_window_probs(net, x, patch, target.channels, overlap=0.25,
-                                                   activation=target.activation)) for net in (eager, scripted))
+                                                   activation=target.activation)) for net in (eager, exported))
         agreement = float((a == b).mean())
     if diff > tol or agreement < min_agree:
-        raise ArtifactError(f"{art_dir}: exported model differs from the eager model "
+        raise ArtifactError(f"{art_dir}: exported model ({backend}) differs from the eager model "
                             f"(max |logit diff| {diff:.3g} > {tol:g} or label agreement {agreement:.6f} < {min_agree})")
     return {"max_abs_logit_diff": diff, "label_agreement": agreement,
             "parity_case": "real preprocessed case" if image is not None else "zero input"}

@@ -1,0 +1,190 @@
+"""The exported artifact: TorchScript/ONNX parity, integrity, MONAI bundle, model card, the
+Hydra-free batch command (both backends, shards, bad cases), DICOM SEG output."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, run_medseg
+from medseg.errors import ArtifactError
+from medseg.export.artifact import load_artifact
+
+
+@pytest.fixture(scope="module")
+def artifact(run_dir) -> Path:
+    return run_dir / "export" / "artifact"
+
+
+def test_export_writes_every_format_with_parity(run_dir, artifact):
+    summary = json.loads((run_dir / "export" / "summary.json").read_text())
+    for backend in ("torch", "onnxruntime"):
+        p = summary["parity"][backend]
+        assert p["parity_case"] == "real preprocessed case"
+        assert p["label_agreement"] >= 0.9999 and p["max_abs_logit_diff"] <= 1e-3, (backend, p)
+    meta = json.loads((artifact / "metadata.json").read_text())
+    for f in ("model.ts", "model.onnx", "MODEL_CARD.md", "medseg_bundle/configs/metadata.json",
+              "medseg_bundle/configs/inference.json", "medseg_bundle/models/model.ts", "medseg_bundle/docs/README.md"):
+        assert len(meta["files"][f]) == 64, f
+    import onnx
+
+    model = onnx.load(str(artifact / "model.onnx"))
+    assert max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [d.dim_param for d in dims][2:] == ["dim0", "dim1", "dim2"]  # dynamic spatial axes
+    assert not {n.op_type for n in model.graph.node} & {"PRelu", "LeakyRelu", "Elu", "Selu", "Sigmoid", "Tanh"}
+
+
+def test_model_card(artifact):
+    card = (artifact / "MODEL_CARD.md").read_text()
+    for part in ("## Intended use", "## Input specification", "FLAIR, T1w, t1gd, T2w", "[4.0, 4.0, 4.0] mm",
+                 "## Training data", "fingerprint sha256", "## Metrics", "Dice mean [95% CI]", "## Limitations",
+                 "Not a medical device", "ReLU only"):
+        assert part in card, part
+
+
+def test_tampered_artifact_is_refused(artifact, tmp_path):
+    for victim in ("model.onnx", "medseg_bundle/configs/inference.json", "model.ts"):
+        copy = tmp_path / victim.replace("/", "_")
+        shutil.copytree(artifact, copy)
+        data = bytearray((copy / victim).read_bytes())
+        data[len(data) // 2] ^= 0x01
+        (copy / victim).write_bytes(bytes(data))
+        with pytest.raises(ArtifactError, match="sha256 differs"):
+            load_artifact(copy, load_module=False)
+    proc = subprocess.run([sys.executable, "-m", "medseg.batch", str(copy), str(tmp_path), str(tmp_path / "o")],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2 and "sha256 differs" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_monai_bundle_loads_with_monai_tools(artifact):
+    bundle = pytest.importorskip("monai.bundle")
+    net, meta, extra = bundle.load("medseg_bundle", bundle_dir=str(artifact), load_ts_module=True,
+                                   source="monaihosting", progress=False)
+    assert meta["network_data_format"]["inputs"]["image"]["num_channels"] == 4
+    art = load_artifact(artifact)
+    x = torch.randn(1, 4, 32, 32, 32)
+    with torch.inference_mode():
+        ref = art.module(x)
+        assert torch.allclose(net(x), ref, atol=1e-5)
+    parser = bundle.ConfigParser()
+    parser.read_config(str(artifact / "medseg_bundle" / "configs" / "inference.json"))
+    parser.read_meta(str(artifact / "medseg_bundle" / "configs" / "metadata.json"))
+    rebuilt = parser.get_parsed_content("network_def")
+    rebuilt.load_state_dict(torch.load(artifact / "medseg_bundle" / "models" / "model.pt", weights_only=True))
+    with torch.inference_mode():
+        assert torch.allclose(rebuilt.eval()(x), ref, atol=1e-5)
+    acts = {type(m).__name__ for m in rebuilt.modules() if "activation" in type(m).__module__}
+    assert acts == {"ReLU"}, acts
+    bundle.verify_net_in_out(net_id="network_def", meta_file=str(artifact / "medseg_bundle/configs/metadata.json"),
+                             config_file=str(artifact / "medseg_bundle/configs/inference.json"), device="cpu")
+
+
+BLOCKER = """
+import sys
+class _Block:
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('monai', 'hydra', 'omegaconf'):
+            raise ImportError(f'{name} is blocked: the runtime must not need it')
+        return None
+sys.meta_path.insert(0, _Block())
+"""
+
+
+def _batch(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
+    """``medseg-predict`` in a subprocess where importing MONAI, Hydra or OmegaConf fails."""
+    site = tmp_path / "site"
+    site.mkdir(exist_ok=True)
+    (site / "sitecustomize.py").write_text(BLOCKER)
+    env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
+    return subprocess.run([sys.executable, "-m", "medseg.batch", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def test_batch_command_without_monai_or_hydra_both_backends(artifact, tiny_dataset, tmp_path):
+    inputs = tiny_dataset / "imagesTs"
+    labels = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        proc = _batch([str(artifact), str(inputs), str(out), "--backend", backend, "--threads", "2"], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        summary = json.loads((out / "predictions.json").read_text())
+        assert summary["n_ok"] == 2 and summary["backend"] == backend
+        assert all(c["peak_rss_mb"] > 0 and c["seconds"] > 0 for c in summary["cases"])
+        for src in inputs.glob("*.nii.gz"):
+            pred, img = nib.load(out / src.name), nib.load(src)
+            assert pred.shape == img.shape[:3]
+            np.testing.assert_allclose(pred.affine, img.affine, atol=1e-5)
+            labels.setdefault(src.name, []).append(np.asarray(pred.dataobj))
+    for name, (a, b) in labels.items():
+        assert (a == b).mean() >= 0.9999, name
+    proc = _batch([str(artifact), str(inputs), str(tmp_path / "torch")], tmp_path)  # a rerun resumes
+    assert proc.returncode == 0 and "2 skipped" in proc.stdout
+
+
+def test_batch_shards_split_the_cases_and_a_bad_case_is_isolated(artifact, tiny_dataset, tmp_path):
+    inputs = tmp_path / "in"
+    shutil.copytree(tiny_dataset / "imagesTs", inputs)
+    shutil.copy(tiny_dataset / "imagesTr" / "BRATS_001.nii.gz", inputs)
+    (inputs / "BRATS_000_broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
+    seen = []
+    codes = []
+    for i in range(2):
+        out = tmp_path / f"shard{i}"
+        proc = _batch([str(artifact), str(inputs), str(out), "--shard", f"{i}/2"], tmp_path)
+        codes.append(proc.returncode)
+        summary = json.loads((out / "predictions.json").read_text())
+        seen += [c["case"] for c in summary["cases"]]
+        if any(c["status"] == "failed" for c in summary["cases"]):
+            assert proc.returncode == 2 and "BRATS_000_broken" in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(seen) == sorted(p.name[:-7] for p in inputs.glob("*.nii.gz")) and len(seen) == len(set(seen))
+    assert sorted(codes) == [0, 2]
+    proc = _batch([str(artifact), str(inputs), str(tmp_path / "x"), "--shard", "2/2"], tmp_path)
+    assert proc.returncode == 2 and "0 <= i < n" in proc.stderr
+
+
+def test_dicom_input_writes_dicom_seg_referencing_the_series(artifact, tmp_path):
+    hd = pytest.importorskip("highdicom")
+    import pydicom
+
+    from medseg.data.synthetic import SynthConfig
+    from medseg.data.synthetic_formats import write_dicom_dataset
+
+    data = write_dicom_dataset(tmp_path / "dicom", SynthConfig(n=1, n_test=0, spacing=4.0, seed=5,
+                                                               tumour_free_fraction=0.0))
+    proc = run_medseg(["predict", "data=dicom", f"data.root={data}", "predict.source=data", "predict.dicom_seg=true",
+                       f"paths.artifact={artifact}", f"paths.input={data}", "hydra.run.dir=pred"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((tmp_path / "pred" / "predictions.json").read_text())
+    case = summary["cases"][0]
+    seg = hd.seg.segread(case["dicom_seg"])
+    label = np.asarray(nib.load(case["output"]).dataobj)
+    assert label.any(), "the tiny model found nothing; the SEG check would be vacuous"
+    from medseg.data.io.dicom import series_geometry
+    from medseg.data.sources import make_source
+
+    ref = next(iter(make_source("dicom", str(data), channels=["FLAIR", "T1w", "t1gd", "T2w"],
+                                series_patterns={"FLAIR": "flair", "T1w": "t1(?!.*(gd|gad))", "t1gd": "t1.*gd",
+                                                 "T2w": "t2(?!.*flair)"}).cases()))
+    slices, _, _, _ = series_geometry(ref.series[0], 2**31)
+    first = pydicom.dcmread(slices[0].path, stop_before_pixels=True)
+    refs = seg.ReferencedSeriesSequence[0]
+    assert refs.SeriesInstanceUID == first.SeriesInstanceUID
+    assert seg.FrameOfReferenceUID == first.FrameOfReferenceUID
+    uids = [pydicom.dcmread(s.path, stop_before_pixels=True).SOPInstanceUID for s in slices]
+    for number, code in ((1, 1), (3, 3)):
+        if not (label == code).any():
+            continue
+        volume = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, segment_numbers=[number],
+                                                   combine_segments=False)[..., 0]
+        expected = np.stack([(label[:, :, k] == code).T for k in range(len(slices))])
+        assert np.array_equal(volume.astype(bool), expected), number
