@@ -35,6 +35,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/train_vs_monai.py --repeats 2
 
+# Builds the CPU image and runs the batch job offline on built-in cases (needs a Docker engine or
+# Debian's docker.io; see docker/test.sh). Not part of `make test`.
+docker-test: $(STAMP)
+	bash docker/test.sh
+
 # Headless Chromium renders the HTML report to PNG in tests/test_evaluation.py (skipped without it).
 chromium:
 	command -v chromium || command -v chromium-browser || command -v google-chrome || \
