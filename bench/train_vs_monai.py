@@ -63,6 +63,7 @@ def run_medseg(data: Path, work: Path, budget: float, threads: int) -> dict:
     from medseg.config import register_configs
     from medseg.stages.common import run_in_dir
     from medseg.stages.evaluate import evaluate_stage
+    from medseg.stages.export import export_stage
     from medseg.stages.prepare import prepare_stage
     from medseg.stages.train import train_stage
     from omegaconf import open_dict
@@ -85,10 +86,17 @@ def run_medseg(data: Path, work: Path, budget: float, threads: int) -> dict:
         seconds = time.monotonic() - start
         cfg.paths.checkpoint = train["best_checkpoint"]
         ev = run_in_dir(evaluate_stage, cfg, work / "evaluate", clean_dir=True)
+        rss = peak_rss_mb()
+        cfg.paths.metrics = str(work / "evaluate" / "metrics.json")
+        cfg.export.int8 = True
+        run_in_dir(export_stage, cfg, work / "export", clean_dir=True)
     epochs = [json.loads(x) for x in (work / "train" / "metrics.jsonl").read_text().splitlines()]
+    # prepare ran before training: validation times count from the start of prepare, as for MONAI
+    prep_s = seconds - train["seconds"]
+    curve = [(prep_s + e["elapsed_s"], e["val_mean_dice"]) for e in epochs if "val_mean_dice" in e]
     return {"arm": "medseg", "samples": train["iterations"] * BATCH, "seconds": seconds,
-            "loop_seconds": sum(e["train_s"] for e in epochs),
-            "dice": ev["dice"], "peak_rss_mb": peak_rss_mb()}
+            "loop_seconds": sum(e["train_s"] for e in epochs), "val_curve": curve,
+            "dice": ev["dice"], "peak_rss_mb": rss, "artifact": str(work / "export" / "artifact")}
 
 
 def _regions(label):
@@ -97,7 +105,7 @@ def _regions(label):
     return torch.stack([torch.isin(label[0], torch.tensor(codes)) for codes in REGIONS.values()]).float()
 
 
-def run_monai(data: Path, budget: float, threads: int) -> dict:
+def run_monai(data: Path, budget: float, threads: int, work: Path | None = None) -> dict:
     """The tutorial-style baseline (see module docstring)."""
     import numpy as np
     import torch
@@ -113,6 +121,8 @@ def run_monai(data: Path, budget: float, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
+    work = Path(work or tempfile.mkdtemp())
+    work.mkdir(parents=True, exist_ok=True)
     meta = json.loads((data / "dataset.json").read_text())
     train_files = [{"image": str(data / e["image"]), "label": str(data / e["label"])} for e in meta["training"]]
     test_files = [{"image": str(data / e["image"]), "label": str(data / e["label"])} for e in meta["test"]]
@@ -145,6 +155,7 @@ def run_monai(data: Path, budget: float, threads: int) -> dict:
 
     loop_seconds = 0.0
     last_val = 0
+    curve = []
     while time.monotonic() - start < budget:
         model.train()
         t_loop = time.monotonic()
@@ -159,9 +170,12 @@ def run_monai(data: Path, budget: float, threads: int) -> dict:
         if samples // BATCH - last_val >= VAL_EVERY_ITERS:
             last_val = samples // BATCH
             model.eval()
+            scores = []
             with torch.no_grad():
                 for item in val_ds:
-                    infer(item["image"][None])
+                    pred = torch.sigmoid(infer(item["image"][None]))[0] > 0.5
+                    scores += [dice(pred[k].numpy(), item["label"][k].numpy() > 0.5) for k in range(len(REGIONS))]
+            curve.append((time.monotonic() - start, float(np.mean(scores))))
     seconds = time.monotonic() - start
     model.eval()
     scores = {r: [] for r in REGIONS}
@@ -170,8 +184,10 @@ def run_monai(data: Path, budget: float, threads: int) -> dict:
             pred = torch.sigmoid(infer(item["image"][None]))[0] > 0.5
             for k, r in enumerate(REGIONS):
                 scores[r].append(dice(pred[k].numpy(), item["label"][k].numpy() > 0.5))
-    return {"arm": "monai", "samples": samples, "seconds": seconds, "loop_seconds": loop_seconds,
-            "dice": {r: float(np.mean(v)) for r, v in scores.items()}, "peak_rss_mb": peak_rss_mb()}
+    torch.save(model.state_dict(), Path(work) / "monai_unet.pt")
+    return {"arm": "monai", "samples": samples, "seconds": seconds, "loop_seconds": loop_seconds, "val_curve": curve,
+            "dice": {r: float(np.mean(v)) for r, v in scores.items()}, "peak_rss_mb": peak_rss_mb(),
+            "model": str(Path(work) / "monai_unet.pt")}
 
 
 def arm_main(args: argparse.Namespace) -> None:
@@ -179,7 +195,7 @@ def arm_main(args: argparse.Namespace) -> None:
     if args.arm == "medseg":
         result = run_medseg(Path(args.data), work, args.budget, args.threads)
     else:
-        result = run_monai(Path(args.data), args.budget, args.threads)
+        result = run_monai(Path(args.data), args.budget, args.threads, work)
     result["samples_per_s"] = result["samples"] / result["seconds"]
     result["loop_samples_per_s"] = result["samples"] / result["loop_seconds"]
     print("RESULT " + json.dumps(result))

@@ -88,11 +88,13 @@ def predictor_from_artifact(art: Artifact, inf_cfg: dict[str, Any], ensemble: Se
                     {k: v for k, v in art.metadata[key].items() if k != "patch_size"}:
                 raise ArtifactError(f"{other.path}: its {key} differs from {art.path}'s; "
                                     f"only models with the same preprocessing and outputs can be ensembled")
-    nets = [a.network(backend, device, inf_cfg.get("threads")) for a in (art, *ensemble)]
+    nets = [a.network(backend, device, inf_cfg.get("threads"), str(inf_cfg.get("precision", "fp32")))
+            for a in (art, *ensemble)]
     return CasePredictor(nets, art.spec, art.patch_size,
                          Target.from_json(art.metadata["output"]), overlap=float(inf_cfg.get("overlap", 0.5)),
                          batch_size=int(inf_cfg.get("sw_batch_size", 2)), tta_axes=inf_cfg.get("tta_flips") or [],
-                         min_component_ml=_min_component(art, inf_cfg))
+                         min_component_ml=_min_component(art, inf_cfg),
+                         max_memory_gb=inf_cfg.get("max_memory_gb"), model_cfg=art.metadata.get("network"))
 
 
 def _min_component(art: Artifact, inf_cfg: dict[str, Any]) -> float:
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("artifact", help="artifact folder (metadata.json, model.ts, model.onnx)")
     parser.add_argument("input", help="folder of 4D NIfTI cases, a .txt list of files, or one file")
     parser.add_argument("output", help="output folder")
-    parser.add_argument("--backend", choices=["torch", "onnxruntime"], default="torch")
+    parser.add_argument("--backend", choices=["torch", "onnxruntime", "onnxruntime-int8"], default="torch")
     parser.add_argument("--shard", default=None, help="i/n: only the i-th of n parts of the sorted case list")
     parser.add_argument("--pattern", default="*.nii.gz")
     parser.add_argument("--tta", default="", help="comma-separated axes to mirror, e.g. 0,1,2")
@@ -209,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sw-batch-size", type=int, default=2)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--max-memory-gb", type=float, default=4.0,
+                        help="refuse a case whose estimated peak memory exceeds this (0: no cap)")
+    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
+                        help="torch backend: autocast dtype (auto: bf16 on CPUs/GPUs with native bf16)")
     parser.add_argument("--no-skip-existing", action="store_true", help="predict cases whose output exists")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
@@ -217,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         items = shard_items(file_inputs(Path(args.input), args.pattern, len(art.spec.channels)),
                             parse_shard(args.shard))
         inf = {"overlap": args.overlap, "sw_batch_size": args.sw_batch_size, "threads": args.threads,
-               "device": args.device, "tta_flips": [int(a) for a in args.tta.split(",") if a.strip()]}
+               "device": args.device, "precision": args.precision,
+               "max_memory_gb": args.max_memory_gb or None, "tta_flips": [int(a) for a in args.tta.split(",") if a.strip()]}
         predictor = predictor_from_artifact(art, inf, backend=args.backend)
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)

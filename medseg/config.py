@@ -257,6 +257,8 @@ class InferenceConfig:
     min_component_ml: Optional[float] = None
     threads: Optional[int] = None
     device: Device = Device.auto
+    precision: str = "fp32"
+    max_memory_gb: Optional[float] = 4.0
 
 
 @dataclass
@@ -285,6 +287,7 @@ class ExportConfig:
     min_label_agreement: float = 0.9999
     onnx: bool = True
     opset: int = 17
+    int8: bool = False
     bundle: bool = True
 
 

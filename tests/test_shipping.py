@@ -188,3 +188,33 @@ def test_dicom_input_writes_dicom_seg_referencing_the_series(artifact, tmp_path)
                                                    combine_segments=False)[..., 0]
         expected = np.stack([(label[:, :, k] == code).T for k in range(len(slices))])
         assert np.array_equal(volume.astype(bool), expected), number
+
+
+def test_memory_cap_refuses_a_case_clearly_and_bf16_agrees(artifact, tiny_dataset, tmp_path):
+    inputs = tiny_dataset / "imagesTs"
+    proc = _batch([str(artifact), str(inputs), str(tmp_path / "capped"), "--max-memory-gb", "0.05"], tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "memory cap" in proc.stderr and "max_memory_gb=0.05" in proc.stderr
+    assert not list((tmp_path / "capped").glob("*.nii.gz"))
+    labels = []
+    for precision in ("fp32", "bf16"):
+        proc = _batch([str(artifact), str(inputs), str(tmp_path / precision), "--precision", precision], tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        labels.append([np.asarray(nib.load(p).dataobj) for p in sorted((tmp_path / precision).glob("*.nii.gz"))])
+    for a, b in zip(*labels):
+        assert (a == b).mean() >= 0.99
+
+
+def test_int8_onnx_model_runs(artifact, tiny_dataset, tmp_path):
+    from medseg.export.onnx import quantize_int8
+
+    copy = tmp_path / "art"
+    shutil.copytree(artifact, copy)
+    quantize_int8(copy / "model.onnx", copy / "model.int8.onnx")
+    art = load_artifact(copy, load_module=False)  # an added file does not break the hashes of the others
+    net = art.network("onnxruntime-int8")
+    full = art.network("onnxruntime")
+    x = torch.randn(1, 4, 32, 32, 32)
+    out, ref = net(x), full(x)
+    assert out.shape == ref.shape and torch.isfinite(out).all()
+    assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.5

@@ -11,8 +11,6 @@ DistributedDataParallel is used when started by ``torchrun`` (gloo on CPU, NCCL 
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import json
 import logging
 import math
@@ -36,6 +34,7 @@ from medseg.engine.logging import TrainingLog
 from medseg.engine.sliding_window import sliding_window_probs
 from medseg.engine.state import latest_state, rng_state, save_state, set_rng_state
 from medseg.engine.inference import pick_device
+from medseg.engine.precision import _autocast, autocast_dtype
 from medseg.engine.targets import Target
 from medseg.errors import ConfigError, DataError
 from medseg.metrics.overlap import dice
@@ -159,41 +158,6 @@ def _broadcast(obj: Any, world: int) -> Any:
 
 
 # --- precision ---------------------------------------------------------------------------------
-
-@functools.cache
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX), read from ``/proc/cpuinfo``."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for ``train.precision`` on ``device`` (``None``: fp32).
-
-    ``auto``: bf16 on GPUs that support it (else fp16 with loss scaling), bf16 on CPUs with native
-    bf16 instructions (1.3-1.6x faster training steps than fp32 on an AVX512-BF16 EPYC, measured by
-    ``bench/train_step.py``), fp32 on other CPUs, where emulated bf16 is slower.
-    """
-    if precision == "fp32":
-        return None
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.bfloat16 if cpu_has_native_bf16() else None
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    if device.type == "cpu" and dtype == torch.float16:
-        raise ConfigError("train.precision=fp16 needs a GPU; use bf16 or fp32 on CPU")
-    return dtype
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
 
 # --- the loop ----------------------------------------------------------------------------------
 

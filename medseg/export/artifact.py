@@ -32,9 +32,10 @@ FORMAT = "medseg-artifact"
 FORMAT_VERSION = 1
 MODEL_FILE = "model.ts"
 ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model.int8.onnx"
 CARD_FILE = "MODEL_CARD.md"
 METADATA_FILE = "metadata.json"
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 
 
 @dataclass
@@ -45,15 +46,18 @@ class Artifact:
     metadata: dict[str, Any]
     path: Path
 
-    def network(self, backend: str = "torch", device: torch.device | str = "cpu", threads: int | None = None):  # noqa: ANN201
-        """A network callable for the sliding window, run by TorchScript or ONNX Runtime."""
-        if backend == "onnxruntime":
+    def network(self, backend: str = "torch", device: torch.device | str = "cpu", threads: int | None = None,
+                precision: str = "fp32"):  # noqa: ANN201
+        """A network callable for the sliding window, run by TorchScript (under autocast for
+        ``precision``) or ONNX Runtime (fp32)."""
+        if backend.startswith("onnxruntime"):
             from medseg.export.onnx import onnx_network
 
-            if not (self.path / ONNX_FILE).is_file():
-                raise ArtifactError(f"{self.path}: no {ONNX_FILE} in this artifact (exported with export.onnx=false); "
+            name = ONNX_INT8_FILE if backend == "onnxruntime-int8" else ONNX_FILE
+            if not (self.path / name).is_file():
+                raise ArtifactError(f"{self.path}: no {name} in this artifact (export.onnx / export.int8 were off); "
                                     f"use predict.backend=torch")
-            return onnx_network(self.path / ONNX_FILE, threads, str(device))
+            return onnx_network(self.path / name, threads, str(device))
         if backend != "torch":
             raise ArtifactError(f"backend {backend!r} is not known; valid: {', '.join(BACKENDS)}")
         if self.module is None:
@@ -61,7 +65,7 @@ class Artifact:
         from medseg.engine.inference import torch_network
 
         self.module.to(device)
-        return torch_network(self.module, torch.device(device))
+        return torch_network(self.module, torch.device(device), precision)
 
     @property
     def spec(self) -> PreprocessSpec:

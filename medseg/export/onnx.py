@@ -71,3 +71,16 @@ def onnx_network(path: Path, threads: int | None = None, device: str = "cpu") ->
         return torch.from_numpy(out)
 
     return net
+
+
+def quantize_int8(src: Path, dst: Path) -> Path:
+    """Dynamic int8 quantisation of an ONNX model's weights (ONNX Runtime's ``quantize_dynamic``);
+    activations stay float and are quantised on the fly. Its speed and Dice cost are measured by
+    ``bench/compare.py`` before anyone should use it."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError as e:
+        raise ConfigError("int8 quantisation needs onnxruntime: pip install 'medseg[onnx]'") from e
+    with atomic_path(dst) as tmp:
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8)
+    return dst

@@ -74,10 +74,12 @@ def predictor_from_checkpoint(path: Path, inf_cfg: dict[str, Any]) -> tuple[Case
     device = pick_device(str(inf_cfg.get("device", "auto")))
     model, meta = model_from_checkpoint(path, device)
     spec = PreprocessSpec.from_json(meta["plan"]["preprocessing"])
-    pred = CasePredictor(torch_network(model, device), spec, meta["patch_size"], checkpoint_target(meta),
+    pred = CasePredictor(torch_network(model, device, str(inf_cfg.get("precision", "fp32"))), spec,
+                         meta["patch_size"], checkpoint_target(meta),
                          overlap=float(inf_cfg["overlap"]), batch_size=int(inf_cfg["sw_batch_size"]),
                          tta_axes=inf_cfg.get("tta_flips", []),
-                         min_component_ml=float(inf_cfg.get("min_component_ml") or 0.0))
+                         min_component_ml=float(inf_cfg.get("min_component_ml") or 0.0),
+                         max_memory_gb=inf_cfg.get("max_memory_gb"), model_cfg=meta["model"])
     return pred, meta
 
 

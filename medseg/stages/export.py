@@ -26,10 +26,10 @@ from medseg.engine.sliding_window import sliding_window_probs
 from medseg.engine.targets import Target
 from medseg.engine.trainer import load_checkpoint
 from medseg.errors import ArtifactError
-from medseg.export.artifact import CARD_FILE, ONNX_FILE, load_artifact, write_artifact
+from medseg.export.artifact import CARD_FILE, ONNX_FILE, ONNX_INT8_FILE, load_artifact, write_artifact
 from medseg.export.bundle import write_bundle
 from medseg.export.model_card import model_card
-from medseg.export.onnx import export_onnx
+from medseg.export.onnx import export_onnx, quantize_int8
 from medseg.report.provenance import library_versions
 from medseg.models.unet import architecture, build_model, check_relu_only, count_parameters, load_weights
 from medseg.stages.common import require_path
@@ -118,6 +118,8 @@ def export_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     art_dir.mkdir(parents=True, exist_ok=True)
     if cfg.export.onnx:
         export_onnx(model, example, art_dir / ONNX_FILE, int(cfg.export.opset))
+        if cfg.export.int8:
+            quantize_int8(art_dir / ONNX_FILE, art_dir / ONNX_INT8_FILE)
     if cfg.export.bundle:
         write_bundle(art_dir, model, metadata)
     write_text(art_dir / CARD_FILE, model_card(metadata, training_data(prepared)))

@@ -1,0 +1,286 @@
+"""medseg side by side with the plain-MONAI tutorial recipe (and nnU-Net v2 when installed), one run.
+
+    .venv/bin/python bench/compare.py [--budget 120] [--cases 24] [--threads 2] [--repeats 3] [--write-docs]
+
+1. Training (``bench/train_vs_monai.py``'s arms, each in its own process, same data, patch, model
+   size, threads and wall-clock budget): samples/s, time to a validation mean Dice of
+   ``--target-dice``, peak RSS, test Dice per region.
+2. Inference on the held-out test cases, each setting in its own process (so peak RSS is its own),
+   timed from reading the file to the label map on the native grid, median over ``--repeats``:
+   medseg with TorchScript fp32 / bf16 autocast / ONNX Runtime / int8 ONNX, with test-time flips on
+   no axis, one axis, and all three (1, 2 and 8 passes: which flips are worth their cost is measured
+   here), against MONAI's ``sliding_window_inference`` with the baseline's model, and nnU-Net v2's
+   CPU predictor with and without mirroring when ``--peers`` points at a venv with ``nnunetv2``
+   (``make bench-peers``).
+3. Memory: one 4-channel 240x240x155 case predicted under the default 4 GB cap (peak RSS).
+
+``--write-docs`` replaces the section between ``<!-- compare:begin -->`` and
+``<!-- compare:end -->`` of docs/performance.md with the tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+REGIONS = ("whole_tumour", "tumour_core", "enhancing_tumour")
+#: medseg inference settings: name -> (backend, precision, flip axes)
+SETTINGS = {
+    "medseg fp32": ("torch", "fp32", []),
+    "medseg bf16": ("torch", "bf16", []),
+    "medseg ONNX Runtime": ("onnxruntime", "fp32", []),
+    "medseg ONNX int8": ("onnxruntime-int8", "fp32", []),
+    "medseg bf16 + flip x": ("torch", "bf16", [0]),
+    "medseg bf16 + flips xyz": ("torch", "bf16", [0, 1, 2]),
+    "medseg fp32 + flips xyz (full TTA)": ("torch", "fp32", [0, 1, 2]),
+}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _sub(args: list[str], python: str = sys.executable, timeout: int = 3600) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("BENCH_THREADS", "2")}
+    out = subprocess.run([python, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
+    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
+    if out.returncode != 0 or not line:
+        raise SystemExit(f"{' '.join(args[:3])} failed:\n{out.stderr[-3000:]}")
+    return json.loads(line[-1][7:])
+
+
+def infer_medseg(artifact: Path, cases: Path, labels: Path, setting: str, threads: int, repeats: int) -> dict:
+    """One medseg setting over every test case, ``repeats`` times (median per case)."""
+    import numpy as np
+    import torch
+
+    from medseg.batch import load_input, predictor_from_artifact
+    from medseg.data.labels import label_spec
+    from medseg.data.io.nifti import read_nifti
+    from medseg.export.artifact import load_artifact
+    from medseg.metrics.overlap import dice
+
+    torch.set_num_threads(threads)
+    backend, precision, flips = SETTINGS[setting]
+    art = load_artifact(artifact, load_module=backend == "torch")
+    predictor = predictor_from_artifact(art, {"threads": threads, "precision": precision, "tta_flips": flips,
+                                              "overlap": 0.5, "sw_batch_size": 2, "device": "cpu"}, backend=backend)
+    regions = label_spec("msd").regions
+    times: dict[str, list[float]] = {}
+    scores = {r: [] for r in REGIONS}
+    for rep in range(repeats):
+        for f in sorted(cases.glob("*.nii.gz")):
+            t = time.perf_counter()
+            image, affine = load_input(f, len(art.spec.channels))
+            label = predictor(image, affine, name=f.name).label
+            times.setdefault(f.name, []).append(time.perf_counter() - t)
+            if rep == 0:
+                ref = read_nifti(labels / f.name, ndim=(3,)).data.astype(np.uint8)
+                for r in REGIONS:
+                    scores[r].append(dice(np.isin(label, regions[r]), np.isin(ref, regions[r])))
+    per_case = [statistics.median(v) for v in times.values()]
+    return {"setting": setting, "seconds_per_case": statistics.median(per_case), "peak_rss_mb": peak_rss_mb(),
+            "dice": {r: float(np.mean(v)) for r, v in scores.items()}}
+
+
+def infer_monai(model_path: Path, data: Path, threads: int, repeats: int) -> dict:
+    """MONAI's tutorial inference with the baseline's model: transforms + sliding_window_inference."""
+    import numpy as np
+    import torch
+    from monai.inferers import sliding_window_inference
+    from monai.networks.nets import UNet
+    from monai.transforms import (Compose, EnsureChannelFirstd, Lambdad, LoadImaged, NormalizeIntensityd,
+                                  Orientationd, Spacingd)
+
+    from medseg.metrics.overlap import dice
+    from train_vs_monai import MODEL, PATCH, SPACING, _regions
+
+    torch.set_num_threads(threads)
+    model = UNet(spatial_dims=3, in_channels=4, out_channels=3, channels=MODEL["channels"], strides=MODEL["strides"],
+                 num_res_units=MODEL["num_res_units"], act="RELU", norm=("INSTANCE", {"affine": True}))
+    model.load_state_dict(torch.load(model_path, weights_only=True))
+    model.eval()
+    tf = Compose([LoadImaged(keys=["image", "label"]), EnsureChannelFirstd(keys=["image", "label"]),
+                  Lambdad(keys="label", func=_regions), Orientationd(keys=["image", "label"], axcodes="RAS"),
+                  Spacingd(keys=["image", "label"], pixdim=SPACING, mode=("bilinear", "nearest")),
+                  NormalizeIntensityd(keys="image", nonzero=True, channel_wise=True)])
+    meta = json.loads((data / "dataset.json").read_text())
+    files = [{"image": str(data / e["image"]), "label": str(data / e["label"])} for e in meta["test"]]
+    times: dict[str, list[float]] = {}
+    scores = {r: [] for r in REGIONS}
+    for rep in range(repeats):
+        for item in files:
+            t = time.perf_counter()
+            d = tf(item)
+            with torch.no_grad():
+                out = sliding_window_inference(d["image"][None], roi_size=PATCH, sw_batch_size=4, predictor=model,
+                                               overlap=0.5)
+            pred = (torch.sigmoid(out)[0] > 0.5).numpy()
+            times.setdefault(item["image"], []).append(time.perf_counter() - t)
+            if rep == 0:
+                for k, r in enumerate(REGIONS):
+                    scores[r].append(dice(pred[k], d["label"][k].numpy() > 0.5))
+    per_case = [statistics.median(v) for v in times.values()]
+    return {"setting": "MONAI tutorial inference", "seconds_per_case": statistics.median(per_case),
+            "peak_rss_mb": peak_rss_mb(), "dice": {r: float(np.mean(v)) for r, v in scores.items()}}
+
+
+def infer_big(artifact: Path, work: Path, threads: int) -> dict:
+    """A 4-channel 240x240x155 case (1 mm) through medseg-predict's code under the default 4 GB cap."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from medseg.batch import load_input, predictor_from_artifact
+    from medseg.data.synthetic import SynthConfig, generate_case
+    from medseg.export.artifact import load_artifact
+
+    torch.set_num_threads(threads)
+    case = generate_case(0, True, SynthConfig(spacing=1.0))
+    src = np.asarray(case.image, dtype=np.float32)  # (C, X, Y, Z): the head, zero outside
+    src = src if src.shape[0] == 4 else np.moveaxis(src, -1, 0)
+    image = np.zeros((240, 240, 155, 4), dtype=np.float32)  # BraTS geometry: the head centred in 240x240x155
+    sl = []
+    for n, m in zip(src.shape[1:], (240, 240, 155)):
+        k = min(n, m)
+        sl.append((slice((n - k) // 2, (n - k) // 2 + k), slice((m - k) // 2, (m - k) // 2 + k)))
+    image[sl[0][1], sl[1][1], sl[2][1]] = np.moveaxis(src[:, sl[0][0], sl[1][0], sl[2][0]], 0, -1)
+    path = work / "big.nii.gz"
+    nib.save(nib.Nifti1Image(image, np.diag([1.0, 1.0, 1.0, 1.0])), path)
+    art = load_artifact(artifact)
+    predictor = predictor_from_artifact(art, {"threads": threads, "max_memory_gb": 4.0, "precision": "fp32",
+                                              "overlap": 0.5, "sw_batch_size": 2, "device": "cpu"})
+    before = peak_rss_mb()
+    t = time.perf_counter()
+    img, affine = load_input(path, 4)
+    est = predictor.estimate_bytes(img.shape, affine) / 1e6
+    predictor(img, affine, name="big")
+    return {"setting": "240x240x155 x 4 channels", "shape": list(img.shape), "seconds_per_case": time.perf_counter() - t,
+            "peak_rss_mb": peak_rss_mb(), "rss_before_mb": before, "estimate_extra_mb": est}
+
+
+def time_to(curve: list, target: float) -> float | None:
+    return next((t for t, d in curve if d >= target), None)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--budget", type=float, default=120.0)
+    p.add_argument("--cases", type=int, default=24)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=3, help="inference repeats per setting (median)")
+    p.add_argument("--train-repeats", type=int, default=1)
+    p.add_argument("--target-dice", type=float, default=0.6, help="validation mean Dice for time-to-Dice")
+    p.add_argument("--peers", default=str(REPO / ".venv-peers"), help="venv with nnunetv2 (make bench-peers)")
+    p.add_argument("--write-docs", action="store_true")
+    p.add_argument("--infer", help=argparse.SUPPRESS)
+    p.add_argument("--artifact", help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--work", help=argparse.SUPPRESS)
+    a = p.parse_args()
+    if a.infer:  # one subprocess arm
+        data = Path(a.data) if a.data else None
+        if a.infer == "monai":
+            r = infer_monai(Path(a.model), data, a.threads, a.repeats)
+        elif a.infer == "big":
+            r = infer_big(Path(a.artifact), Path(a.work), a.threads)
+        else:
+            r = infer_medseg(Path(a.artifact), data / "imagesTs", data / "labelsTs", a.infer, a.threads, a.repeats)
+        print("RESULT " + json.dumps(r))
+        return
+    from medseg.data.synthetic import SynthConfig, write_msd_dataset
+
+    os.environ["BENCH_THREADS"] = str(a.threads)
+    work = Path(tempfile.mkdtemp(prefix="medseg-bench-compare-"))
+    try:
+        data = write_msd_dataset(work / "data", SynthConfig(n=a.cases, n_test=4, spacing=1.5, seed=1))
+        train = {"monai": [], "medseg": []}
+        for r in range(a.train_repeats):
+            for arm in ("monai", "medseg"):
+                train[arm].append(_sub([str(REPO / "bench" / "train_vs_monai.py"), "--arm", arm, "--data", str(data),
+                                        "--work", str(work / f"{arm}{r}"), "--budget", str(a.budget),
+                                        "--threads", str(a.threads)]))
+        artifact, monai_model = train["medseg"][0]["artifact"], train["monai"][0]["model"]
+        infer = [_sub([__file__, "--infer", "monai", "--model", monai_model, "--data", str(data),
+                       "--threads", str(a.threads), "--repeats", str(a.repeats)])]
+        for setting in SETTINGS:
+            infer.append(_sub([__file__, "--infer", setting, "--artifact", artifact, "--data", str(data),
+                               "--threads", str(a.threads), "--repeats", str(a.repeats)]))
+        peers = Path(a.peers) / "bin" / "python"
+        if peers.exists():
+            for r in _sub([str(REPO / "bench" / "nnunet_arm.py"), "--data", str(data), "--work", str(work / "nnunet"),
+                           "--threads", str(a.threads), "--repeats", str(a.repeats)], python=str(peers),
+                          timeout=7200)["results"]:
+                infer.append(r)
+        big = _sub([__file__, "--infer", "big", "--artifact", artifact, "--work", str(work),
+                    "--threads", str(a.threads)])
+        report = _report(a, train, infer, big, peers.exists())
+        print(report)
+        if a.write_docs:
+            doc = REPO / "docs" / "performance.md"
+            text = doc.read_text()
+            begin, end = "<!-- compare:begin -->", "<!-- compare:end -->"
+            head, rest = text.split(begin) if begin in text else (text.rstrip() + "\n\n", end)
+            tail = rest.split(end, 1)[1] if end in rest else ""
+            doc.write_text(head + begin + "\n" + report + "\n" + end + tail)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _report(a: argparse.Namespace, train: dict, infer: list, big: dict, peers: bool) -> str:
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, {a.threads} threads; {a.cases} built-in cases "
+             f"({a.cases - 4} train+val, 4 test); training budget {a.budget:.0f} s per arm "
+             f"({a.train_repeats} run(s)); inference medians of {a.repeats} repeats.", "",
+             "```bash", f".venv/bin/python bench/compare.py --budget {a.budget:.0f} --cases {a.cases} "
+             f"--threads {a.threads} --repeats {a.repeats} --train-repeats {a.train_repeats} --write-docs", "```", "",
+             "**Training** (same data, patch, model size, threads and wall-clock budget)", "",
+             f"| arm | samples/s | time to val. Dice {a.target_dice:g} | peak RSS MB | " + " | ".join(REGIONS)
+             + " | mean Dice |", "|---|---|---|---|---|---|---|---|"]
+    for arm, label in (("monai", "MONAI tutorial recipe"), ("medseg", "medseg")):
+        runs = train[arm]
+        sps = med([r["samples"] / r["seconds"] for r in runs])
+        ttd = [time_to(r["val_curve"], a.target_dice) for r in runs]
+        ttd_s = f"{med([t for t in ttd if t is not None]):.0f} s" if any(t is not None for t in ttd) else "not reached"
+        d = {reg: med([r["dice"][reg] for r in runs]) for reg in REGIONS}
+        lines.append(f"| {label} | {sps:.2f} | {ttd_s} | {med([r['peak_rss_mb'] for r in runs]):.0f} | "
+                     + " | ".join(f"{d[reg]:.3f}" for reg in REGIONS) + f" | {statistics.mean(d.values()):.3f} |")
+    ratio = med([r["samples"] / r["seconds"] for r in train["medseg"]]) / med(
+        [r["samples"] / r["seconds"] for r in train["monai"]])
+    lines += ["", f"medseg / MONAI training samples/s: {ratio:.2f}x", "",
+              "**Inference** (per test case, file read to label map on the native grid)", "",
+              "| setting | s / case | vs MONAI | peak RSS MB | " + " | ".join(REGIONS) + " | mean Dice |",
+              "|---|---|---|---|---|---|---|---|"]
+    base = next(r["seconds_per_case"] for r in infer if r["setting"].startswith("MONAI"))
+    for r in infer:
+        d = r.get("dice") or {}
+        dice = [f"{d[reg]:.3f}" if d.get(reg) is not None else "–" for reg in REGIONS]
+        mean = f"{statistics.mean(d.values()):.3f}" if d and None not in d.values() else "–"
+        lines.append(f"| {r['setting']} | {r['seconds_per_case']:.2f} | {r['seconds_per_case'] / base:.2f}x | "
+                     f"{r['peak_rss_mb']:.0f} | " + " | ".join(dice) + f" | {mean} |")
+    if not peers:
+        lines += ["", "nnU-Net v2: not measured here (no peers venv; `make bench-peers` installs it)."]
+    lines += ["", f"**Memory**: a {big['setting']} case (shape {big['shape']}) predicted in "
+              f"{big['seconds_per_case']:.1f} s with peak RSS {big['peak_rss_mb']:.0f} MB (process before the case "
+              f"{big['rss_before_mb']:.0f} MB; the planner's estimate of the case's extra memory "
+              f"{big['estimate_extra_mb']:.0f} MB) under the default 4 GB cap."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
