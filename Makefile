@@ -10,7 +10,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow venv clean bench docker-test chromium
+.PHONY: demo test test-slow venv clean bench bench-compare bench-peers docker-test chromium
 
 venv: $(STAMP)
 
@@ -34,6 +34,16 @@ bench: $(STAMP)
 	$(BIN)/python bench/plan_memory.py
 	$(BIN)/python bench/train_step.py
 	$(BIN)/python bench/train_vs_monai.py --repeats 2
+
+# nnU-Net v2 in its own venv (.venv-peers) for bench/compare.py; torch pinned like the project venv.
+bench-peers:
+	test -x .venv-peers/bin/python || $(PYTHON) -m venv .venv-peers
+	.venv-peers/bin/python -m pip install --quiet -c $(CONSTRAINTS) torch==2.13.0 nnunetv2
+
+# medseg vs the MONAI tutorial recipe (and nnU-Net v2 if `make bench-peers` ran); rewrites the
+# comparison section of docs/performance.md.
+bench-compare: $(STAMP)
+	$(BIN)/python bench/compare.py --write-docs
 
 # Builds the CPU image and runs the batch job offline on built-in cases (needs a Docker engine or
 # Debian's docker.io; see docker/test.sh). Not part of `make test`.

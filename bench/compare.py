@@ -38,15 +38,16 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
 REGIONS = ("whole_tumour", "tumour_core", "enhancing_tumour")
-#: medseg inference settings: name -> (backend, precision, flip axes)
+#: medseg inference settings: name -> (backend, precision, flip axes, stitching dtype)
 SETTINGS = {
-    "medseg fp32": ("torch", "fp32", []),
-    "medseg bf16": ("torch", "bf16", []),
-    "medseg ONNX Runtime": ("onnxruntime", "fp32", []),
-    "medseg ONNX int8": ("onnxruntime-int8", "fp32", []),
-    "medseg bf16 + flip x": ("torch", "bf16", [0]),
-    "medseg bf16 + flips xyz": ("torch", "bf16", [0, 1, 2]),
-    "medseg fp32 + flips xyz (full TTA)": ("torch", "fp32", [0, 1, 2]),
+    "medseg fp32": ("torch", "fp32", [], "float32"),
+    "medseg bf16": ("torch", "bf16", [], "float32"),
+    "medseg bf16, fp16 stitching": ("torch", "bf16", [], "float16"),
+    "medseg ONNX Runtime": ("onnxruntime", "fp32", [], "float32"),
+    "medseg ONNX int8": ("onnxruntime-int8", "fp32", [], "float32"),
+    "medseg bf16 + flip x": ("torch", "bf16", [0], "float32"),
+    "medseg bf16 + flips xyz": ("torch", "bf16", [0, 1, 2], "float32"),
+    "medseg fp32 + flips xyz (full TTA)": ("torch", "fp32", [0, 1, 2], "float32"),
 }
 
 
@@ -75,10 +76,11 @@ def infer_medseg(artifact: Path, cases: Path, labels: Path, setting: str, thread
     from medseg.metrics.overlap import dice
 
     torch.set_num_threads(threads)
-    backend, precision, flips = SETTINGS[setting]
+    backend, precision, flips, stitch = SETTINGS[setting]
     art = load_artifact(artifact, load_module=backend == "torch")
     predictor = predictor_from_artifact(art, {"threads": threads, "precision": precision, "tta_flips": flips,
-                                              "overlap": 0.5, "sw_batch_size": 2, "device": "cpu"}, backend=backend)
+                                              "overlap": 0.5, "sw_batch_size": 2, "device": "cpu",
+                                              "stitch_dtype": stitch}, backend=backend)
     regions = label_spec("msd").regions
     times: dict[str, list[float]] = {}
     scores = {r: [] for r in REGIONS}

@@ -24,18 +24,21 @@ DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 DOWNLOAD_WHEELS=${DOWNLOAD_WHEELS:-1}
 CA_BUNDLE=${CA_BUNDLE:-/etc/ssl/certs/ca-certificates.crt}
 DOCKERD_PID=""
-EXEC_ROOT=/var/run/medseg-docker-test
+EXEC_ROOT=/run/medseg-docker-test  # /var/run is a link to /run; /proc/mounts shows the real path
 
 log() { printf '[docker-test] %s\n' "$*" >&2; }
 
 cleanup() {
+  local rc=$?
+  set +e
   if [ -n "$DOCKERD_PID" ]; then
     log "stopping the dockerd this script started (pid $DOCKERD_PID)"
     kill "$DOCKERD_PID" 2>/dev/null || true
     for _ in $(seq 1 30); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 1; done
     kill -9 "$DOCKERD_PID" 2>/dev/null || true
-    grep -o " $EXEC_ROOT[^ ]*" /proc/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null || true; done
+    grep -o " $EXEC_ROOT[^ ]*" /proc/mounts | sort -r | while read -r m; do umount "$m" 2>/dev/null; done
   fi
+  exit "$rc"
 }
 trap cleanup EXIT
 
@@ -95,11 +98,12 @@ DOCKER_BUILDKIT=0 docker build --network host -f docker/Dockerfile -t "$IMAGE" "
   >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; log "build failed, see $WORK/build.log"; exit 2; }
 build_s=$(( $(date +%s) - start ))
 
-rm -rf "$WORK/input" "$WORK/output"
+rm -rf "$WORK/input" "$WORK/output" "$WORK/cases"
 mkdir -p "$WORK/input" "$WORK/output"
-cp "$WORK"/data/imagesTs/*.nii.gz "$WORK/input/" 2>/dev/null || \
-  "$PY" -c "from medseg.data.synthetic import SynthConfig, write_msd_dataset as w; w('$WORK/data', SynthConfig(n=6, n_test=3, spacing=4.0))"
-cp "$WORK"/data/imagesTs/*.nii.gz "$WORK/input/"
+# three built-in cases at the usual 1.5 mm (the image's model resamples them to its own spacing)
+"$PY" -c "from medseg.data.synthetic import SynthConfig, write_msd_dataset as w; w('$WORK/cases', SynthConfig(n=3, n_test=3, seed=11))" \
+  >/dev/null
+cp "$WORK"/cases/imagesTs/*.nii.gz "$WORK/input/"
 chmod 777 "$WORK/output"
 log "batch job: --network none --memory $MEMORY, input read-only"
 start=$(date +%s)

@@ -94,7 +94,8 @@ def predictor_from_artifact(art: Artifact, inf_cfg: dict[str, Any], ensemble: Se
                          Target.from_json(art.metadata["output"]), overlap=float(inf_cfg.get("overlap", 0.5)),
                          batch_size=int(inf_cfg.get("sw_batch_size", 2)), tta_axes=inf_cfg.get("tta_flips") or [],
                          min_component_ml=_min_component(art, inf_cfg),
-                         max_memory_gb=inf_cfg.get("max_memory_gb"), model_cfg=art.metadata.get("network"))
+                         max_memory_gb=inf_cfg.get("max_memory_gb"), model_cfg=art.metadata.get("network"),
+                         stitch_dtype=str(inf_cfg.get("stitch_dtype", "float32")))
 
 
 def _min_component(art: Artifact, inf_cfg: dict[str, Any]) -> float:

@@ -259,6 +259,7 @@ class InferenceConfig:
     device: Device = Device.auto
     precision: str = "fp32"
     max_memory_gb: Optional[float] = 4.0
+    stitch_dtype: str = "float32"
 
 
 @dataclass

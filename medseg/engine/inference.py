@@ -51,7 +51,7 @@ class CasePredictor:
     def __init__(self, net: Network | Sequence[Network], spec: PreprocessSpec, patch_size: Sequence[int], target: Target,
                  overlap: float = 0.5, batch_size: int = 2, tta_axes: Sequence[int] = (),
                  min_component_ml: float = 0.0, max_memory_gb: float | None = None,
-                 model_cfg: dict | None = None) -> None:
+                 model_cfg: dict | None = None, stitch_dtype: str = "float32") -> None:
         self.nets = list(net) if isinstance(net, Sequence) else [net]
         self.spec = spec
         self.patch_size = tuple(int(p) for p in patch_size)
@@ -61,6 +61,9 @@ class CasePredictor:
         self.flips = flip_sets(tta_axes)
         self.min_component_ml = float(min_component_ml)
         self.max_memory_gb = None if max_memory_gb is None else float(max_memory_gb)
+        if stitch_dtype not in ("float32", "float16", "bfloat16"):
+            raise ValueError(f"stitch dtype must be float32, float16 or bfloat16, got {stitch_dtype!r}")
+        self.stitch_dtype = getattr(torch, stitch_dtype)
         self.window_bytes = window_activation_bytes(model_cfg, self.patch_size, self.batch_size,
                                                     len(spec.channels), target.channels) * len(self.nets)
 
@@ -102,11 +105,11 @@ class CasePredictor:
         x = torch.from_numpy(pre)
         probs = sliding_window_probs(self.nets[0], x, self.patch_size, self.target.channels, overlap=self.overlap,
                                      batch_size=self.batch_size, tta_flips=self.flips,
-                                     activation=self.target.activation)
+                                     activation=self.target.activation, stitch_dtype=self.stitch_dtype)
         for net in self.nets[1:]:
             probs += sliding_window_probs(net, x, self.patch_size, self.target.channels, overlap=self.overlap,
                                           batch_size=self.batch_size, tta_flips=self.flips,
-                                          activation=self.target.activation)
+                                          activation=self.target.activation, stitch_dtype=self.stitch_dtype)
         probs /= len(self.nets)
         max_fg = self.target.foreground_score(probs)
         label = restore(probs, geom, self.target.decode)

@@ -43,7 +43,8 @@ def window_starts(size: int, roi: int, overlap: float) -> list[int]:
 
 def sliding_window_probs(net: Network, image: torch.Tensor, roi: Sequence[int], num_classes: int,
                          overlap: float = 0.5, batch_size: int = 2,
-                         tta_flips: Sequence[Sequence[int]] = (), activation: str = "softmax") -> torch.Tensor:
+                         tta_flips: Sequence[Sequence[int]] = (), activation: str = "softmax",
+                         stitch_dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Class (or region) probabilities over a whole image.
 
     Args:
@@ -56,6 +57,8 @@ def sliding_window_probs(net: Network, image: torch.Tensor, roi: Sequence[int], 
         tta_flips: extra passes, each a tuple of spatial axes (0-based) to flip; results are averaged.
         activation: ``softmax`` across channels (label-wise models) or ``sigmoid`` per channel
             (region-wise models).
+        stitch_dtype: dtype of the probability accumulator (``float16`` halves its memory; whether
+            it changes labels is measured by ``bench/compare.py``).
 
     Returns:
         ``(K, *spatial)`` float32 probabilities, on the CPU.
@@ -72,7 +75,7 @@ def sliding_window_probs(net: Network, image: torch.Tensor, roi: Sequence[int], 
         image = F.pad(image, pad_arg)
     padded = tuple(int(s) for s in image.shape[1:])
     weight = gaussian_weight(roi)
-    acc = torch.zeros((num_classes, *padded), dtype=torch.float32)
+    acc = torch.zeros((num_classes, *padded), dtype=stitch_dtype)
     norm = torch.zeros(padded, dtype=torch.float32)
     starts = list(itertools.product(*[window_starts(s, r, overlap) for s, r in zip(padded, roi)]))
     passes: list[tuple[int, ...]] = [()] + [tuple(int(a) for a in f) for f in tta_flips]
@@ -90,9 +93,9 @@ def sliding_window_probs(net: Network, image: torch.Tensor, roi: Sequence[int], 
             probs += out.flip(dims) if dims else out
         probs /= len(passes)
         for sl, p in zip(slices, probs):
-            acc[(slice(None), *sl)] += p * weight
+            acc[(slice(None), *sl)] += (p * weight).to(stitch_dtype)
             norm[sl] += weight
-    acc /= norm
+    acc = acc.float() / norm
     if any(pad):
         crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial))
         acc = acc[(slice(None), *crop)]

@@ -79,7 +79,8 @@ def predictor_from_checkpoint(path: Path, inf_cfg: dict[str, Any]) -> tuple[Case
                          overlap=float(inf_cfg["overlap"]), batch_size=int(inf_cfg["sw_batch_size"]),
                          tta_axes=inf_cfg.get("tta_flips", []),
                          min_component_ml=float(inf_cfg.get("min_component_ml") or 0.0),
-                         max_memory_gb=inf_cfg.get("max_memory_gb"), model_cfg=meta["model"])
+                         max_memory_gb=inf_cfg.get("max_memory_gb"), model_cfg=meta["model"],
+                         stitch_dtype=str(inf_cfg.get("stitch_dtype", "float32")))
     return pred, meta
 
 
