@@ -188,6 +188,7 @@ def main() -> None:
     p.add_argument("--train-repeats", type=int, default=1)
     p.add_argument("--target-dice", type=float, default=0.6, help="validation mean Dice for time-to-Dice")
     p.add_argument("--peers", default=str(REPO / ".venv-peers"), help="venv with nnunetv2 (make bench-peers)")
+    p.add_argument("--peer-repeats", type=int, default=1, help="nnU-Net predictor runs per setting (slow on CPU)")
     p.add_argument("--write-docs", action="store_true")
     p.add_argument("--infer", help=argparse.SUPPRESS)
     p.add_argument("--artifact", help=argparse.SUPPRESS)
@@ -226,7 +227,7 @@ def main() -> None:
         peers = Path(a.peers) / "bin" / "python"
         if peers.exists():
             for r in _sub([str(REPO / "bench" / "nnunet_arm.py"), "--data", str(data), "--work", str(work / "nnunet"),
-                           "--threads", str(a.threads), "--repeats", str(a.repeats)], python=str(peers),
+                           "--threads", str(a.threads), "--repeats", str(a.peer_repeats)], python=str(peers),
                           timeout=7200)["results"]:
                 infer.append(r)
         big = _sub([__file__, "--infer", "big", "--artifact", artifact, "--work", str(work),

@@ -13,7 +13,7 @@
 #    index instead and gets the host's CA bundle as the EXTRA_CA_CERTS build argument.
 # 5. Build (classic builder, --network host), then run the batch job exactly as documented:
 #    --network none, a memory limit, the input mounted read-only; the outputs are checked.
-# Prints the image size, the build time and the per-case batch time.
+# Prints the image size, the build time and the per-case batch time. NO_CACHE=1 times a cold build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -94,6 +94,7 @@ fi
 
 log "building $IMAGE"
 start=$(date +%s)
+[ "${NO_CACHE:-0}" = 1 ] && build_args+=(--no-cache)
 DOCKER_BUILDKIT=0 docker build --network host -f docker/Dockerfile -t "$IMAGE" "${build_args[@]}" . \
   >"$WORK/build.log" 2>&1 || { tail -30 "$WORK/build.log" >&2; log "build failed, see $WORK/build.log"; exit 2; }
 build_s=$(( $(date +%s) - start ))
@@ -101,7 +102,7 @@ build_s=$(( $(date +%s) - start ))
 rm -rf "$WORK/input" "$WORK/output" "$WORK/cases"
 mkdir -p "$WORK/input" "$WORK/output"
 # three built-in cases at the usual 1.5 mm (the image's model resamples them to its own spacing)
-"$PY" -c "from medseg.data.synthetic import SynthConfig, write_msd_dataset as w; w('$WORK/cases', SynthConfig(n=3, n_test=3, seed=11))" \
+"$PY" -c "from medseg.data.synthetic import SynthConfig, write_msd_dataset as w; w('$WORK/cases', SynthConfig(n=4, n_test=3, seed=11))" \
   >/dev/null
 cp "$WORK"/cases/imagesTs/*.nii.gz "$WORK/input/"
 chmod 777 "$WORK/output"
