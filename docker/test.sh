@@ -131,6 +131,14 @@ print(f"[docker-test] outputs OK: {len(inputs)} cases on their input grids; per-
       f"{max(c['peak_rss_mb'] for c in summary['cases']):.0f} MB", file=sys.stderr)
 PYCHECK
 
+log "the full pipeline in the container: medseg evaluate of the batch outputs against the references"
+mkdir -p "$WORK/eval" && chmod 777 "$WORK/eval"
+docker run --rm --network none --memory "$MEMORY" -v "$PWD/$WORK/output:/pred:ro" \
+  -v "$PWD/$WORK/cases/labelsTs:/refs:ro" -v "$PWD/$WORK/input:/images:ro" -v "$PWD/$WORK/eval:/eval" "$IMAGE" \
+  medseg evaluate evaluate.predictions=/pred evaluate.references=/refs evaluate.images=/images \
+  evaluate.n_figures=1 hydra.run.dir=/eval >"$WORK/eval.log" 2>&1 || { tail -20 "$WORK/eval.log" >&2; log "evaluate in the container failed"; exit 2; }
+test -s "$WORK/eval/report.html" && test -s "$WORK/eval/metrics.json" || { log "evaluate wrote no report"; exit 2; }
+
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 log "image $IMAGE: $(( size / 1000000 )) MB; build ${build_s} s; batch run ${run_s} s for $(ls "$WORK/input" | wc -l) cases (container start included)"
 log "PASSED"

@@ -72,7 +72,6 @@ def shard_items(items: list[InputCase], shard: tuple[int, int] | None) -> list[I
     return sorted(items, key=lambda c: c.name)[i::n]
 
 
-
 def predictor_from_artifact(art: Artifact, inf_cfg: dict[str, Any], ensemble: Sequence[Artifact] = (),
                             backend: str = "torch") -> CasePredictor:
     """A :class:`CasePredictor` running the artifact's network with ``backend`` (averaged with the

@@ -1,0 +1,42 @@
+"""`medseg-predict` from the artifact alone in a fresh venv with only the runtime dependencies
+(numpy, scipy, nibabel, pydicom, torch, onnxruntime; no MONAI, no Hydra). Slow: it builds a venv."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+RUNTIME = ["numpy", "scipy", "nibabel", "pydicom", "torch==2.13.0", "onnxruntime"]
+
+
+@pytest.mark.slow
+def test_predict_in_a_fresh_runtime_only_venv(run_dir, tiny_dataset, tmp_path):
+    venv = tmp_path / "rt"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    py = venv / "bin" / "python"
+    pip = [str(py), "-m", "pip", "install", "--quiet", "-c", str(REPO / "constraints.txt")]
+    subprocess.run([*pip, *RUNTIME], check=True, timeout=900)
+    subprocess.run([*pip, "--no-deps", str(REPO)], check=True, timeout=900)
+    for absent in ("monai", "hydra", "omegaconf"):
+        probe = subprocess.run([str(py), "-c", f"import {absent}"], capture_output=True)
+        assert probe.returncode != 0, f"{absent} is importable in the runtime venv"
+    artifact = run_dir / "export" / "artifact"
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        proc = subprocess.run([str(venv / "bin" / "medseg-predict"), str(artifact), str(tiny_dataset / "imagesTs"),
+                               str(out), "--backend", backend], capture_output=True, text=True, cwd=tmp_path,
+                              timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((out / "predictions.json").read_text())["n_ok"] == 2
+        for src in (tiny_dataset / "imagesTs").glob("*.nii.gz"):
+            pred, img = nib.load(out / src.name), nib.load(src)
+            assert pred.shape == img.shape[:3]
+            np.testing.assert_allclose(pred.affine, img.affine, atol=1e-5)
