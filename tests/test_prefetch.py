@@ -33,3 +33,28 @@ def test_breaking_early_stops_the_thread():
         if x == 3:
             break
     assert threading.active_count() == before
+
+
+def test_background_writer_snapshots_and_reraises(tmp_path):
+    import torch
+
+    from medseg.engine.state import BackgroundWriter, latest_state, save_state, snapshot
+
+    live = {"w": torch.zeros(3), "nested": {"m": [torch.ones(2)]}, "step": 1}
+    frozen = snapshot(live)
+    live["w"] += 5  # training goes on while the snapshot is written
+    live["nested"]["m"][0] *= 3
+    writer = BackgroundWriter()
+    writer.submit(lambda: save_state(tmp_path, 0, frozen))
+    writer.wait()
+    state, path = latest_state(tmp_path)
+    assert path.name == "state-00000.pt" and state["step"] == 1
+    assert torch.equal(state["w"], torch.zeros(3)) and torch.equal(state["nested"]["m"][0], torch.ones(2))
+
+    def fail():
+        raise OSError("disk full")
+
+    writer.submit(fail)
+    with pytest.raises(OSError, match="disk full"):
+        writer.wait()
+    writer.wait()  # the error is reported once

@@ -10,6 +10,11 @@ stored, so states load with ``torch.load(weights_only=True)``.
 
 from __future__ import annotations
 
+import hashlib
+import io
+import threading
+from collections.abc import Callable
+
 import logging
 import random
 from pathlib import Path
@@ -49,16 +54,67 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_state(folder: Path, epoch: int, state: dict[str, Any], keep: int = 2) -> Path:
-    """Write ``state`` for ``epoch`` atomically with its checksum; prune older states."""
+    """Write ``state`` for ``epoch`` atomically with its checksum; prune older states.
+
+    The state is serialised in memory and hashed from those bytes (no second read of the file).
+    """
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"state-{epoch:05d}.pt"
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getbuffer()
     with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-    write_json(path.with_suffix(".json"), {"epoch": epoch, "sha256": sha256_file(path)})
+        tmp.write_bytes(data)
+    write_json(path.with_suffix(".json"), {"epoch": epoch, "sha256": hashlib.sha256(data).hexdigest()})
     for old in sorted(folder.glob("state-*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
         old.with_suffix(".json").unlink(missing_ok=True)
     return path
+
+
+def snapshot(obj: Any) -> Any:
+    """A copy of a (nested) state dict whose tensors are detached clones, safe to write from another
+    thread while training goes on."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().clone()
+    if isinstance(obj, dict):
+        return {k: snapshot(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(snapshot(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Runs checkpoint and state writes in one background thread, one job at a time.
+
+    Training continues while the previous epoch's files are serialised and written (atomically:
+    a crash mid-write leaves the previous files in place). :meth:`submit` first waits for the
+    previous job; :meth:`wait` re-raises a write error in the training thread.
+    """
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()
+
+        def run() -> None:
+            try:
+                job()
+            except BaseException as e:  # re-raised by wait()  # noqa: BLE001
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="medseg-checkpoint-writer", daemon=False)
+        self._thread.start()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def latest_state(folder: Path) -> tuple[dict[str, Any], Path] | None:

@@ -11,6 +11,7 @@ DistributedDataParallel is used when started by ``torchrun`` (gloo on CPU, NCCL 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -32,7 +33,7 @@ from medseg.engine.prefetch import ThreadPrefetcher
 from medseg.engine.losses import SegmentationLoss
 from medseg.engine.logging import TrainingLog
 from medseg.engine.sliding_window import sliding_window_probs
-from medseg.engine.state import latest_state, rng_state, save_state, set_rng_state
+from medseg.engine.state import BackgroundWriter, latest_state, rng_state, save_state, set_rng_state, snapshot
 from medseg.engine.inference import pick_device
 from medseg.engine.precision import _autocast, autocast_dtype
 from medseg.engine.targets import Target
@@ -82,10 +83,12 @@ def lr_factor(it: int, total: int, warmup: int, schedule: str) -> float:
     return 1.0
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, extra: Mapping[str, Any]) -> None:
-    """Write model weights and plain-data metadata atomically (loadable with weights_only)."""
+def save_checkpoint(path: Path, model: torch.nn.Module | Mapping[str, torch.Tensor], extra: Mapping[str, Any]) -> None:
+    """Write model weights (a module or its state dict) and plain-data metadata atomically
+    (loadable with weights_only)."""
+    weights = model.state_dict() if isinstance(model, torch.nn.Module) else dict(model)
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "meta": json.loads(json.dumps(extra, default=str))}, tmp)
+        torch.save({"model": weights, "meta": json.loads(json.dumps(extra, default=str))}, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -242,6 +245,7 @@ def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Seque
     start = time.monotonic()
     stopped_by = "max_epochs"
     epoch = progress["epoch"]
+    writer = BackgroundWriter()
     for epoch in range(progress["epoch"], max_epochs):
         dataset.set_epoch(epoch)
         if sampler is not None:
@@ -280,17 +284,21 @@ def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Seque
             record["val_mean_dice"] = float(np.mean(list(val.values())))
         score = record.get("val_mean_dice", -record["loss"] if not val_cases else None)
         meta = {**checkpoint_meta, "epoch": epoch, "iteration": progress["iteration"], "val": record.get("val_dice")}
+        improved = False
         if score is not None:
             if score > progress["best"]:
                 progress["best"], progress["best_epoch"], progress["stale"] = float(score), epoch, 0
-                if rank == 0:
-                    save_checkpoint(best_path, model, {**meta, "best_metric": progress["best"]})
+                improved = True
             elif "val_dice" in record:
                 progress["stale"] += 1
         progress["epoch"] = epoch + 1
-        if rank == 0:
-            save_checkpoint(last_path, model, meta)
-            save_state(states_dir, epoch, _state(model, opt, sched, scaler, progress), int(cfg["keep_states"]))
+        if rank == 0:  # snapshot now, write in the background while the next epoch trains
+            weights = snapshot(model.state_dict())
+            state = {**snapshot({k: v for k, v in _state(model, opt, sched, scaler, progress).items()
+                                 if k != "model"}), "model": weights}
+            writer.submit(functools.partial(_write_epoch, weights, state, dict(meta), epoch,
+                                            {**meta, "best_metric": progress["best"]} if improved else None,
+                                            best_path, last_path, states_dir, int(cfg["keep_states"])))
         logger.epoch(record)
         if out_of_time:
             stopped_by = "max_time_s"
@@ -298,6 +306,7 @@ def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Seque
         if patience is not None and progress["stale"] >= int(patience):
             stopped_by = f"early stopping ({patience} validations without improvement)"
             break
+    writer.wait()
     logger.close()
     if rank == 0 and not best_path.exists():  # nothing trained in this call (already finished)
         save_checkpoint(best_path, model, {**checkpoint_meta, "epoch": epoch, "iteration": progress["iteration"]})
@@ -308,6 +317,16 @@ def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Seque
     return FitResult(best_metric=progress["best"], best_epoch=progress["best_epoch"], epochs_run=progress["epoch"],
                      iterations=progress["iteration"], seconds=time.monotonic() - start, stopped_by=stopped_by,
                      best_checkpoint=best_path, last_checkpoint=last_path, resumed_from=resumed_from)
+
+
+def _write_epoch(weights: dict[str, torch.Tensor], state: dict[str, Any], meta: dict[str, Any], epoch: int,
+                 best_meta: dict[str, Any] | None, best_path: Path, last_path: Path, states_dir: Path,
+                 keep: int) -> None:
+    """One epoch's files: best.pt (when it improved), last.pt, the training state."""
+    if best_meta is not None:
+        save_checkpoint(best_path, weights, best_meta)
+    save_checkpoint(last_path, weights, meta)
+    save_state(states_dir, epoch, state, keep)
 
 
 def _state(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, scaler: torch.amp.GradScaler,
