@@ -205,6 +205,8 @@ def main() -> None:
         data = Path(a.data) if a.data else None
         if a.infer == "monai":
             r = infer_monai(Path(a.model), data, a.threads, a.repeats)
+        elif a.infer == "writebig":  # in its own process: the parent's RSS must stay small, because a
+            r = {"path": str(write_big_case(Path(a.work) / "big.nii.gz"))}  # forked child starts from it
         elif a.infer == "big":
             r = infer_big(Path(a.artifact), Path(a.work) / "big.nii.gz", a.threads)
         else:
@@ -235,7 +237,7 @@ def main() -> None:
                            "--threads", str(a.threads), "--repeats", str(a.peer_repeats)], python=str(peers),
                           timeout=7200)["results"]:
                 infer.append(r)
-        write_big_case(work / "big.nii.gz")
+        _sub([__file__, "--infer", "writebig", "--work", str(work)])
         big = _sub([__file__, "--infer", "big", "--artifact", artifact, "--work", str(work),
                     "--threads", str(a.threads)])
         report = _report(a, train, infer, big, peers.exists())
