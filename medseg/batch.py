@@ -140,8 +140,12 @@ def file_inputs(inputs: Path, pattern: str, n_channels: int) -> list[InputCase]:
     return [InputCase(case_name(f), f, loader(f)) for f in files]
 
 
-def _want_seg(mode: str) -> bool:
-    if mode == "false":
+def _want_seg(mode: str, dicom_input: bool) -> bool:
+    """Whether to write DICOM SEG objects (``auto``: when highdicom is installed)."""
+    mode = str(mode).lower()
+    if mode not in ("auto", "true", "false"):
+        raise ConfigError(f"predict.dicom_seg={mode!r} is not known; valid: auto, true, false")
+    if mode == "false" or not dicom_input:
         return False
     if mode == "true":
         return True
@@ -157,7 +161,7 @@ def run_batch(items: Sequence[InputCase], predictor: CasePredictor, art: Artifac
     """Predict every case, isolating failures; write ``predictions.json``; raise
     :class:`PartialFailure` at the end if any case failed."""
     results = []
-    seg = any(c.dicom_series for c in items) and _want_seg(dicom_seg)
+    seg = _want_seg(dicom_seg, any(c.dicom_series for c in items))
     for item in items:
         out = out_dir / f"{item.name}.nii.gz"
         if skip_existing and out.exists():

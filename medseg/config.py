@@ -42,6 +42,21 @@ class Schedule(str, Enum):
     constant = "constant"
 
 
+class StitchDtype(str, Enum):
+    """Dtype of the sliding-window probability accumulator."""
+
+    float32 = "float32"
+    float16 = "float16"
+    bfloat16 = "bfloat16"
+
+
+class EmptyKind(str, Enum):
+    """Empty-mask conventions (see :mod:`medseg.metrics.overlap`)."""
+
+    brats = "brats"
+    ignore = "ignore"
+
+
 class TargetMode(str, Enum):
     """What the network predicts: one softmax channel per label, or one sigmoid per region."""
 
@@ -64,7 +79,8 @@ class OptimizerKind(str, Enum):
 
 
 class Precision(str, Enum):
-    """Training precision; ``auto``: bf16 (or fp16) on GPUs that support it, fp32 on CPU."""
+    """Autocast precision; ``auto``: bf16 on GPUs that support it (else fp16) and on CPUs with native
+    bf16 instructions, fp32 on other CPUs."""
 
     auto = "auto"
     fp32 = "fp32"
@@ -257,9 +273,9 @@ class InferenceConfig:
     min_component_ml: Optional[float] = None
     threads: Optional[int] = None
     device: Device = Device.auto
-    precision: str = "fp32"
+    precision: Precision = Precision.fp32
     max_memory_gb: Optional[float] = 4.0
-    stitch_dtype: str = "float32"
+    stitch_dtype: StitchDtype = StitchDtype.float32
 
 
 @dataclass
@@ -269,7 +285,7 @@ class EvaluateConfig:
     hd_percentile: float = 95.0
     nsd_tolerance_mm: float = 1.0
     detection_min_ml: float = 0.1
-    empty_convention: str = "brats"
+    empty_convention: EmptyKind = EmptyKind.brats
     empty_hd_mm: float = 373.13
     n_figures: int = 5
     predictions: Optional[str] = None

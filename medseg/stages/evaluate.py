@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from medseg.config import choice
 from medseg.data.io.nifti import read_nifti, write_nifti
 from medseg.data.labels import CONVENTIONS, LabelSpec, label_spec
 from medseg.data.preprocess import PreprocessSpec
@@ -154,7 +155,7 @@ class Scoring:
     def __init__(self, cfg: DictConfig, labels: LabelSpec) -> None:
         ev = cfg.evaluate
         self.labels = labels
-        self.empty = EmptyConvention.named(str(ev.empty_convention), float(ev.empty_hd_mm))
+        self.empty = EmptyConvention.named(choice(ev.empty_convention), float(ev.empty_hd_mm))
         self.percentile = float(ev.hd_percentile)
         self.nsd_mm = float(ev.nsd_tolerance_mm)
         self.min_ml = float(ev.detection_min_ml)
