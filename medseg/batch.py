@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from medseg.data.io.nifti import read_header, read_nifti, write_nifti
 from medseg.engine.inference import CasePredictor, pick_device
@@ -76,8 +77,6 @@ def predictor_from_artifact(art: Artifact, inf_cfg: dict[str, Any], ensemble: Se
                             backend: str = "torch") -> CasePredictor:
     """A :class:`CasePredictor` running the artifact's network with ``backend`` (averaged with the
     ``ensemble`` artifacts, which must take the same input and give the same output)."""
-    import torch
-
     if inf_cfg.get("threads"):
         torch.set_num_threads(int(inf_cfg["threads"]))
     device = pick_device(str(inf_cfg.get("device", "auto")))

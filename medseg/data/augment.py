@@ -116,7 +116,7 @@ def intensity_transform(img: np.ndarray, rng: np.random.Generator, cfg: Mapping[
     ones = (c,) + (1,) * (img.ndim - 1)
     draws = {k: rng.random() < cfg.get(f"{k}_prob", 0.0)
              for k in ("intensity_scale", "intensity_shift", "contrast", "gamma", "blur", "lowres", "noise")}
-    background = ~(img != 0) if any(v for k, v in draws.items() if k != "intensity_scale") else None
+    background = (img == 0) if any(v for k, v in draws.items() if k != "intensity_scale") else None
     if draws["intensity_scale"]:
         s = cfg.get("intensity_scale", 0.1)
         img *= rng.uniform(1 - s, 1 + s, size=ones).astype(np.float32)

@@ -46,10 +46,13 @@ class CasePredictor:
         batch_size: windows per network call.
         tta_axes: spatial axes to mirror for test-time augmentation (all subsets are used).
         min_component_ml: remove connected tumour components smaller than this (ml); 0 keeps all.
+        max_memory_gb: refuse a case whose estimated peak RSS exceeds this (``None``: no cap).
+        model_cfg: the network's config (channels, strides) for the activation-memory estimate.
+        stitch_dtype: dtype of the probability accumulator (``float32``, ``float16``, ``bfloat16``).
     """
 
-    def __init__(self, net: Network | Sequence[Network], spec: PreprocessSpec, patch_size: Sequence[int], target: Target,
-                 overlap: float = 0.5, batch_size: int = 2, tta_axes: Sequence[int] = (),
+    def __init__(self, net: Network | Sequence[Network], spec: PreprocessSpec, patch_size: Sequence[int],
+                 target: Target, overlap: float = 0.5, batch_size: int = 2, tta_axes: Sequence[int] = (),
                  min_component_ml: float = 0.0, max_memory_gb: float | None = None,
                  model_cfg: dict | None = None, stitch_dtype: str = "float32") -> None:
         self.nets = list(net) if isinstance(net, Sequence) else [net]
@@ -65,7 +68,7 @@ class CasePredictor:
             raise ValueError(f"stitch dtype must be float32, float16 or bfloat16, got {stitch_dtype!r}")
         self.stitch_dtype = getattr(torch, stitch_dtype)
         self.window_bytes = window_activation_bytes(model_cfg, self.patch_size, self.batch_size,
-                                                    len(spec.channels), target.channels) * len(self.nets)
+                                                    len(spec.channels), target.channels)
 
     def estimate_bytes(self, image_shape: Sequence[int], affine: np.ndarray) -> int:
         """Upper estimate of the memory one case adds on top of its loaded image (bytes).
@@ -84,6 +87,7 @@ class CasePredictor:
         return (c * native * 5  # reoriented float32 copy + bool mask
                 + c * model * 4 * 3  # resampled image + interpolation temporaries
                 + (k + 1) * model * 4  # accumulator + normaliser
+                + (k * model * 4 if len(self.nets) > 1 else 0)  # an ensemble member's probabilities (nets run in turn)
                 + self.window_bytes
                 + k * native * 4 * 2 + native)  # probabilities on the native grid, label
 

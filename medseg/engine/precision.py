@@ -40,10 +40,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return dtype
 
 
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    """``torch.autocast`` for ``dtype`` on ``device``; a no-op for fp32 (``dtype=None``)."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-autocast = _autocast

@@ -95,7 +95,8 @@ def sliding_window_probs(net: Network, image: torch.Tensor, roi: Sequence[int], 
         for sl, p in zip(slices, probs):
             acc[(slice(None), *sl)] += (p * weight).to(stitch_dtype)
             norm[sl] += weight
-    acc = acc.float() / norm
+    acc = acc.float()  # no copy for the float32 default
+    acc /= norm
     if any(pad):
         crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, spatial))
         acc = acc[(slice(None), *crop)]

@@ -35,7 +35,7 @@ from medseg.engine.logging import TrainingLog
 from medseg.engine.sliding_window import sliding_window_probs
 from medseg.engine.state import BackgroundWriter, latest_state, rng_state, save_state, set_rng_state, snapshot
 from medseg.engine.inference import pick_device
-from medseg.engine.precision import _autocast, autocast_dtype
+from medseg.engine.precision import autocast, autocast_dtype
 from medseg.engine.targets import Target
 from medseg.errors import ConfigError, DataError
 from medseg.metrics.overlap import dice
@@ -257,7 +257,7 @@ def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Seque
             wait += time.monotonic() - t_data
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             opt.zero_grad(set_to_none=True)
-            with _autocast(device, dtype):
+            with autocast(device, dtype):
                 loss = loss_fn(step_model(x), y)
             scaler.scale(loss).backward()
             scaler.unscale_(opt)

@@ -2,10 +2,10 @@
 
 - :func:`outline_montage`: three orthogonal slices through the tumour, one row per contrast,
   reference (solid green) and prediction (dashed red) outlines.
-- :func:`box_strip`: a box per structure with every case as a dot.
+- :func:`box_strip`: a box per structure with every case as a dot (or per-case differences, for
+  ``compare``).
 - :func:`bland_altman`: predicted vs reference volume agreement per region.
 - :func:`roc_figure`: case-level ROC curve of the tumour-present call.
-- :func:`paired_differences`: per-case differences between two runs (for ``compare``).
 """
 
 from __future__ import annotations
@@ -81,8 +81,12 @@ def outline_montage(rows: Sequence[tuple[str, np.ndarray, np.ndarray, np.ndarray
 
 
 def box_strip(values: Mapping[str, Sequence[float | None]], ylabel: str, out: Path,
-              lower_is_better: bool = False) -> Path:
-    """A box per structure with the individual cases overlaid as dots (undefined values left out)."""
+              lower_is_better: bool = False, signed: bool = False) -> Path:
+    """A box per structure with the individual cases overlaid as dots (undefined values left out).
+
+    ``signed``: the values are differences; dots are coloured by sign (green > 0, red < 0) and
+    zero is drawn.
+    """
     names = list(values)
     data = [np.asarray([v for v in values[n] if v is not None], dtype=float) for n in names]
     fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2), 3.4), dpi=80)
@@ -91,7 +95,10 @@ def box_strip(values: Mapping[str, Sequence[float | None]], ylabel: str, out: Pa
                   ha="right")
     rng = np.random.default_rng(0)
     for i, d in enumerate(data, start=1):
-        ax.scatter(i + rng.uniform(-0.12, 0.12, d.size), d, s=12, alpha=0.7, color=DOT_COLOUR, zorder=3)
+        colour = np.where(d > 0, "#2e7d32", np.where(d < 0, "#c62828", "#777")) if signed else DOT_COLOUR
+        ax.scatter(i + rng.uniform(-0.12, 0.12, d.size), d, s=12, alpha=0.8, c=colour, zorder=3)
+    if signed:
+        ax.axhline(0, color="#333", lw=0.8)
     ax.set_ylabel(ylabel + (" (lower is better)" if lower_is_better else ""))
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out)
@@ -148,21 +155,3 @@ def roc_points(scores: Sequence[float], truths: Sequence[bool]) -> tuple[np.ndar
         fpr.append(1.0)
         tpr.append(1.0)
     return np.asarray(fpr), np.asarray(tpr)
-
-
-def paired_differences(diffs: Mapping[str, Sequence[float]], ylabel: str, out: Path) -> Path:
-    """Per-case differences (B − A) per structure, as dots around zero with a box."""
-    names = list(diffs)
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(names) + 2), 3.4), dpi=80)
-    data = [np.asarray(diffs[n], dtype=float) for n in names]
-    ax.boxplot([d if d.size else np.array([np.nan]) for d in data], showfliers=False)
-    rng = np.random.default_rng(0)
-    for i, d in enumerate(data, start=1):
-        colours = np.where(d > 0, "#2e7d32", np.where(d < 0, "#c62828", "#777"))
-        ax.scatter(i + rng.uniform(-0.12, 0.12, d.size), d, s=14, c=colours, zorder=3)
-    ax.axhline(0, color="#333", lw=0.8)
-    ax.set_xticks(range(1, len(names) + 1), [n.replace("_", " ") for n in names], rotation=20, fontsize=8,
-                  ha="right")
-    ax.set_ylabel(ylabel)
-    ax.grid(axis="y", alpha=0.3)
-    return _save(fig, out)

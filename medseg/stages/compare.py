@@ -21,7 +21,7 @@ import numpy as np
 from scipy import stats
 
 from medseg.errors import DataError
-from medseg.report.figures import paired_differences
+from medseg.report.figures import box_strip
 from medseg.report.render import Page, fmt
 from medseg.utils.files import write_json
 
@@ -147,10 +147,9 @@ def _write_page(out_dir: Path, result: dict[str, Any], structures: list[str], pa
                 "worse"], rows, sortable=True)
     figdir = out_dir / "figures"
     page.figure("Dice per case, B − A (green: better, red: worse)",
-                paired_differences({s: [cases_b[n][s]["dice"] - cases_a[n][s]["dice"] for n in paired
-                                        if cases_a[n][s].get("dice") is not None
-                                        and cases_b[n][s].get("dice") is not None] for s in structures},
-                                   "Dice B − A", figdir / "compare_dice.png"))
+                box_strip({s: [cases_b[n][s]["dice"] - cases_a[n][s]["dice"] for n in paired
+                               if cases_a[n][s].get("dice") is not None and cases_b[n][s].get("dice") is not None]
+                           for s in structures}, "Dice B − A", figdir / "compare_dice.png", signed=True))
     first = structures[0]
     dice = result["structures"][first].get("dice")
     if dice:

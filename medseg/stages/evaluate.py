@@ -49,6 +49,7 @@ from medseg.models.unet import build_model, load_weights
 from medseg.metrics.external import image_for, load_pair, match_folders, read_label_map
 from medseg.report.evaluation import MontageLoader, montage_rows, write_evaluation_report
 from medseg.report.provenance import provenance
+from medseg.report.render import fmt
 from medseg.stages.common import plain, require_path
 from medseg.stages.train import load_prepared
 from medseg.utils.files import atomic_path, sha256_file, write_json
@@ -192,7 +193,7 @@ class Scoring:
         """sha256 over the case names, grids and reference voxels that were scored."""
         return self._fingerprint.hexdigest()
 
-    def finish(self, cfg: DictConfig, out_dir: Path, *, title: str, source: dict[str, Any],
+    def finish(self, cfg: DictConfig, out_dir: Path, *, source: dict[str, Any],
                model_sha: str | None, montage: MontageLoader | None, seconds: float) -> dict[str, Any]:
         """Write metrics.json/csv, detections.json and the report; return the stage summary."""
         scored = [r for r in self.records if r["metrics"] is not None]
@@ -251,10 +252,6 @@ class Scoring:
                 "metrics": str(out_dir / "metrics.json"), "report": str(out_dir / "report.html")}
 
 
-def fmt(v: float | None, digits: int = 3) -> str:
-    return "–" if v is None else f"{v:.{digits}f}"
-
-
 def evaluate_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     """Run the evaluate stage (see module docstring)."""
     if cfg.evaluate.predictions or cfg.evaluate.references:
@@ -298,7 +295,7 @@ def evaluate_checkpoint(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         pred = read_nifti(out_dir / "predictions" / f"{name}.nii.gz", ndim=(3,)).data.astype(np.uint8)
         return montage_rows(case.image, channels, case.label, pred, labels.regions), case.affine
 
-    return scoring.finish(cfg, out_dir, title="medseg evaluation report",
+    return scoring.finish(cfg, out_dir,
                           source={"checkpoint": str(checkpoint), "prepared": str(prepared)},
                           model_sha=sha256_file(checkpoint), montage=montage, seconds=time.monotonic() - start)
 
@@ -359,7 +356,7 @@ def evaluate_folders(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             image, names = (ref > 0).astype(np.float32)[None] * 0.0, ["no image"]
         return montage_rows(image, names, ref, pred, labels.regions), affine
 
-    return scoring.finish(cfg, out_dir, title="medseg evaluation report",
+    return scoring.finish(cfg, out_dir,
                           source={"predictions": str(pred_dir), "references": str(ref_dir),
                                   "unmatched_predictions": ", ".join(matched.unmatched) or "none"},
                           model_sha=None, montage=montage, seconds=time.monotonic() - start)
