@@ -56,7 +56,7 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def run_medseg(data: Path, work: Path, budget: float, threads: int) -> dict:
+def run_medseg(data: Path, work: Path, budget: float, threads: int, extra: list[str] | None = None) -> dict:
     """prepare + train (+ evaluate, not timed) through medseg's own stage functions."""
     from hydra import compose, initialize_config_dir
 
@@ -75,7 +75,7 @@ def run_medseg(data: Path, work: Path, budget: float, threads: int) -> dict:
                  "train.max_epochs=10000", f"train.iters_per_epoch={ITERS_PER_EPOCH}",
                  f"train.val_every={VAL_EVERY_ITERS // ITERS_PER_EPOCH}", f"train.threads={threads}",
                  "train.progress=false", "train.tensorboard=false", "train.warmup_iters=40", "data.workers=2",
-                 f"paths.cache_dir={work / 'cache'}", f"evaluate.inference.threads={threads}", "evaluate.n_figures=0"]
+                 f"paths.cache_dir={work / 'cache'}", f"evaluate.inference.threads={threads}", "evaluate.n_figures=0", *(extra or [])]
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
     start = time.monotonic()
@@ -193,7 +193,7 @@ def run_monai(data: Path, budget: float, threads: int, work: Path | None = None)
 def arm_main(args: argparse.Namespace) -> None:
     work = Path(args.work)
     if args.arm == "medseg":
-        result = run_medseg(Path(args.data), work, args.budget, args.threads)
+        result = run_medseg(Path(args.data), work, args.budget, args.threads, args.set)
     else:
         result = run_monai(Path(args.data), args.budget, args.threads, work)
     result["samples_per_s"] = result["samples"] / result["seconds"]
@@ -210,6 +210,8 @@ def main() -> None:
     parser.add_argument("--arm", choices=["medseg", "monai"])
     parser.add_argument("--data")
     parser.add_argument("--work")
+    parser.add_argument("--set", action="append", default=[], metavar="OVERRIDE",
+                        help="extra Hydra override for the medseg arm (repeatable), e.g. --set train.prefetch=0")
     args = parser.parse_args()
     if args.arm:
         arm_main(args)
@@ -224,7 +226,7 @@ def main() -> None:
             for arm in ("monai", "medseg"):
                 out = subprocess.run([sys.executable, __file__, "--arm", arm, "--data", str(data),
                                       "--work", str(work / f"{arm}{r}"), "--budget", str(args.budget),
-                                      "--threads", str(args.threads)], cwd=REPO, capture_output=True, text=True,
+                                      "--threads", str(args.threads), *(f"--set={o}" for o in args.set)], cwd=REPO, capture_output=True, text=True,
                                      env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": str(args.threads)})
                 line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
                 if out.returncode != 0 or not line:

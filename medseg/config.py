@@ -250,7 +250,7 @@ class TrainConfig:
     fold: Optional[int] = None
     folds: int = 5
     num_workers: int = 0
-    prefetch: int = 2
+    prefetch: Optional[int] = None
     threads: Optional[int] = None
     device: Device = Device.auto
     val_every: int = 1

@@ -6,8 +6,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medseg.data.augment import intensity_transform, spatial_margin, spatial_transform
-from medseg.data.dataset import augment_patch
+from scipy import ndimage
+
+from medseg.data.augment import intensity_transform, sample_patch, spatial_transform
+from medseg.data.dataset import augment_patch, extract_patch
 
 ALL_SPATIAL = {"rotate_prob": 1.0, "rotate_deg": 40.0, "scale_prob": 1.0, "scale_range": 0.3,
                "elastic_prob": 1.0, "elastic_magnitude": 2.0}
@@ -41,7 +43,52 @@ def test_same_seed_same_patch_and_2d_keeps_its_slice():
     img2, lab2 = _cube((28, 28, 1))
     out, out_lab = spatial_transform(img2, lab2, (20, 20, 1), np.random.default_rng(1), ALL_SPATIAL)
     assert out.shape == (2, 20, 20, 1) and out_lab.any()
-    assert spatial_margin((20, 20, 1), ALL_SPATIAL) == [4, 4, 0] and spatial_margin((20, 20, 20), {}) == [0, 0, 0]
+    np.testing.assert_array_equal(out_lab, np.rint(out_lab))
+
+
+def _volume(shape=(23, 19, 17), seed=0):
+    rng = np.random.default_rng(seed)
+    img = rng.normal(size=(2, *shape)).astype(np.float32)
+    lab = rng.integers(0, 4, shape).astype(np.uint8)
+    return img, lab
+
+
+@pytest.mark.parametrize("start", [(3, 2, 1), (-4, 10, 9), (15, -3, -5)])
+def test_identity_sampling_equals_a_crop_with_zeros_outside(start):
+    img, lab = _volume()
+    patch = (12, 12, 12)
+    centre = np.asarray(start) + (np.asarray(patch) - 1) / 2
+    got_img, got_lab = sample_patch(img, lab, centre, patch, np.eye(3))
+    ref_img, ref_lab = extract_patch(img, lab, start, patch)
+    np.testing.assert_allclose(got_img, ref_img, atol=1e-5)
+    np.testing.assert_array_equal(got_lab, ref_lab)
+    assert got_lab.dtype == np.uint8
+
+
+def test_quarter_turn_is_exact_and_rotation_matches_scipy():
+    img, lab = _volume()
+    patch = (11, 11, 11)
+    centre = np.array([11.0, 9.0, 8.0])
+    turn = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # about axis 2
+    out_img, out_lab = sample_patch(img, lab, centre, patch, turn)
+    crop = tuple(slice(int(c) - 5, int(c) + 6) for c in centre)
+    # out[o] = vol[c + turn @ o]: out[i, j, k] = crop[5 - (j - 5), 5 + (i - 5), k]
+    expect_lab = np.transpose(lab[crop][::-1, :, :], (1, 0, 2))
+    np.testing.assert_array_equal(out_lab, expect_lab)
+    np.testing.assert_allclose(out_img[0], np.transpose(img[0][crop][::-1, :, :], (1, 0, 2)), atol=1e-5)
+    # a general rotation + scaling: trilinear equals scipy's order-1 affine transform in the interior
+    a = np.deg2rad(23.0)
+    m = 0.9 * np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    out_img, _ = sample_patch(img, lab, centre, patch, m)
+    offset = centre - m @ ((np.asarray(patch) - 1) / 2)
+    ref = ndimage.affine_transform(img[0].astype(np.float64), m, offset=offset, output_shape=patch, order=1)
+    np.testing.assert_allclose(out_img[0][2:-2, 2:-2, 2:-2], ref[2:-2, 2:-2, 2:-2], atol=1e-4)
+
+
+def test_patch_outside_the_volume_is_zero():
+    img, lab = _volume()
+    out_img, out_lab = sample_patch(img, lab, (100.0, 5.0, 5.0), (8, 8, 8), np.eye(3))
+    assert not out_img.any() and not out_lab.any() and out_img.shape == (2, 8, 8, 8)
 
 
 @pytest.mark.parametrize("name", ["intensity_scale", "intensity_shift", "contrast", "gamma", "blur", "lowres",

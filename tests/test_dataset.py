@@ -46,4 +46,4 @@ def test_shapes_and_types():
     ds = PatchDataset([make_case()], (8, 8, 8), 4, 0.5, AUG, seed=0)
     x, y = ds[0]
     assert x.shape == (2, 8, 8, 8) and x.dtype == torch.float32
-    assert y.shape == (1, 8, 8, 8) and y.dtype == torch.int64
+    assert y.shape == (1, 8, 8, 8) and y.dtype == torch.uint8  # as cached; losses take uint8 labels

@@ -2,8 +2,9 @@
 
 Spatial (one resampling for all of them, with torch ``grid_sample``: trilinear for the image,
 nearest for the label): rotation about every axis, isotropic scaling, and elastic deformation (a
-smooth random displacement field). The patch is cut with a margin first so that rotated and
-scaled patches have real image data in their corners. Then mirror flips, and per channel:
+smooth random displacement field). Transformed patches are resampled straight from the whole
+volume (:func:`sample_patch`), so rotated and scaled patches have real image data in their
+corners and nothing is copied but the patch itself. Then mirror flips, and per channel:
 brightness (multiplicative) and shift, contrast around the mean, gamma on the min-max range,
 Gaussian blur, simulated low resolution (down- then upsampling), and Gaussian noise. The
 background (exactly zero after preprocessing) stays zero, as at inference.
@@ -16,18 +17,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import ndimage
-
-
-def spatial_margin(patch: Sequence[int], cfg: Mapping[str, float]) -> list[int]:
-    """Voxels to add on each side of a patch so that spatial augmentation has data to pull in."""
-    if not any(cfg.get(k, 0.0) > 0 for k in ("rotate_prob", "scale_prob", "elastic_prob")):
-        return [0] * len(patch)
-    return [int(math.ceil(p * 0.2)) if p > 1 else 0 for p in patch]
 
 
 def _rotation(rng: np.random.Generator, max_deg: float, axes: Sequence[int]) -> np.ndarray:
@@ -58,49 +53,94 @@ def draw_spatial(rng: np.random.Generator, cfg: Mapping[str, float], patch: Sequ
     return (matrix, elastic) if drawn or elastic else None
 
 
+def sample_patch(image: np.ndarray, label: np.ndarray, centre: Sequence[float], patch: Sequence[int],
+                 matrix: np.ndarray, displacement: torch.Tensor | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Resample a rotated / scaled / deformed patch straight from a whole ``(C, X, Y, Z)`` volume.
+
+    The output voxel at offset ``o`` (voxels, from the patch centre) reads the volume at
+    ``centre + matrix @ o (+ displacement[o])``: trilinear for the image, nearest for the label,
+    zero outside the volume. Only the block of the volume that the patch can reach is read (a
+    view, not a copy, when ``image`` is a memory map). Axes of size 1 in ``patch`` (2D patches)
+    stay fixed at ``centre``.
+    """
+    patch = tuple(int(p) for p in patch)
+    m = np.array(matrix, dtype=np.float64)
+    for a in [i for i, p in enumerate(patch) if p == 1]:
+        m[a, :], m[:, a] = 0.0, 0.0
+        m[a, a] = 1.0
+    centre = np.asarray(centre, dtype=np.float64)
+    shape = np.asarray(label.shape)
+    reach = np.abs(m) @ ((np.asarray(patch) - 1) / 2) + 1.0
+    if displacement is not None:
+        reach = reach + float(displacement.abs().max())
+    lo = np.clip(np.floor(centre - reach).astype(int), 0, shape)
+    hi = np.clip(np.ceil(centre + reach).astype(int) + 1, lo, shape)
+    channels = image.shape[0]
+    if np.any(hi <= lo):  # the patch lies entirely outside the volume
+        return np.zeros((channels, *patch), np.float32), np.zeros(patch, label.dtype)
+    block = tuple(slice(a, b) for a, b in zip(lo, hi))
+    sub = hi - lo
+    c = centre - lo
+    axes = [torch.arange(p, dtype=torch.float32) - (p - 1) / 2 for p in patch]
+    views = [(-1, 1, 1), (1, -1, 1), (1, 1, -1)]
+    grid = torch.empty((*patch, 3), dtype=torch.float32)
+    for i in range(3):  # volume axis i -> grid component 2 - i (grid_sample's x indexes the last axis)
+        scale = 2.0 / (sub[i] - 1) if sub[i] > 1 else 0.0  # align_corners=True: -1 -> 0, 1 -> sub - 1
+        comp = sum((axes[j] * (m[i, j] * scale)).view(views[j]) for j in range(3)) + (c[i] * scale - 1.0)
+        if displacement is not None:
+            comp = comp + displacement[..., i] * scale
+        grid[..., 2 - i] = comp
+    out = _grid_sample(torch.from_numpy(image[(slice(None), *block)]), grid, "bilinear")
+    lab_block = label[block]
+    if not lab_block.any():  # no foreground within reach (most random patches)
+        return out.numpy(), np.zeros(patch, label.dtype)
+    out_lab = _grid_sample(torch.from_numpy(np.asarray(lab_block, dtype=np.float32))[None], grid, "nearest")[0]
+    return out.numpy(), out_lab.numpy().astype(label.dtype)
+
+
+def _grid_sample(x: torch.Tensor, grid: torch.Tensor, mode: str) -> torch.Tensor:
+    """``grid_sample`` of one ``(C, ...)`` volume at a ``(*patch, 3)`` grid -> ``(C, *patch)``.
+
+    torch's 3D CPU kernel parallelises over the batch only, so the output is cut into as many
+    slabs as there are torch threads and sampled as a batch (same volume, broadcast).
+    """
+    k = torch.get_num_threads()
+    n = grid.shape[0]
+    if k < 2 or n % k or n < 2 * k:
+        return F.grid_sample(x[None], grid[None], mode=mode, padding_mode="zeros", align_corners=True)[0]
+    slabs = grid.view(k, n // k, *grid.shape[1:])
+    out = F.grid_sample(x[None].expand(k, *x.shape), slabs, mode=mode, padding_mode="zeros", align_corners=True)
+    return out.transpose(0, 1).reshape(x.shape[0], *grid.shape[:-1])
+
+
 def spatial_transform(img: np.ndarray, lab: np.ndarray, patch: Sequence[int], rng: np.random.Generator,
                       cfg: Mapping[str, float], drawn: tuple[np.ndarray, bool] | None | str = "draw"
                       ) -> tuple[np.ndarray, np.ndarray]:
-    """Rotate / scale / deform a ``(C, *padded)`` patch and its label, returning ``patch``-sized arrays.
+    """Rotate / scale / deform the centre ``patch`` of a ``(C, *shape)`` block and its label.
 
     ``drawn`` is the result of :func:`draw_spatial` (drawn here by default). Without a spatial
-    transform this is a centre crop of the margin.
+    transform this is a centre crop. Training draws patches from whole volumes with
+    :func:`sample_patch` directly.
     """
-    shape = lab.shape
-    flat = [i for i, s in enumerate(patch) if s == 1]  # 2D patches: keep the singleton axis fixed
     if isinstance(drawn, str):
         drawn = draw_spatial(rng, cfg, patch)
-    margin = [(n - p) // 2 for n, p in zip(shape, patch)]
+    shape = lab.shape
     if drawn is None:
-        sl = tuple(slice(m, m + p) for m, p in zip(margin, patch))
-        return np.ascontiguousarray(img[(slice(None), *sl)]), np.ascontiguousarray(lab[sl])
+        sl = tuple(slice((n - p) // 2, (n - p) // 2 + p) for n, p in zip(shape, patch))
+        return np.array(img[(slice(None), *sl)], dtype=np.float32), np.array(lab[sl])
     matrix, elastic = drawn
-    matrix = matrix.copy()
-    for a in flat:
-        matrix[a, :], matrix[:, a] = 0.0, 0.0
-        matrix[a, a] = 1.0
-    # output voxels as offsets (in voxels) from the patch centre, transformed, then normalised
-    axes = [torch.arange(p, dtype=torch.float64) - (p - 1) / 2 for p in patch]
-    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1)  # (*patch, 3), axis order X, Y, Z
-    grid = grid @ torch.from_numpy(matrix).T
-    if elastic:
-        grid = grid + _displacement(patch, rng, cfg, flat)
-    grid = grid / torch.tensor([max(n - 1, 1) / 2 for n in shape], dtype=torch.float64)
-    grid = grid.flip(-1).float()[None]  # grid_sample wants (z, y, x) order for (D, H, W) = (X, Y, Z)
-    x = torch.from_numpy(np.ascontiguousarray(img))[None]
-    y = torch.from_numpy(np.ascontiguousarray(lab, dtype=np.float32))[None, None]
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
-    out_lab = F.grid_sample(y, grid, mode="nearest", padding_mode="zeros", align_corners=True)[0, 0]
-    return out.numpy(), out_lab.numpy().astype(lab.dtype)
+    disp = displacement(patch, rng, cfg) if elastic else None
+    centre = [(n - p) // 2 + (p - 1) / 2 for n, p in zip(shape, patch)]
+    return sample_patch(img, lab, centre, patch, matrix, disp)
 
 
-def _displacement(patch: Sequence[int], rng: np.random.Generator, cfg: Mapping[str, float],
-                  flat: Sequence[int]) -> torch.Tensor:
-    """A smooth random displacement field (voxels): a coarse random grid upsampled with cubic splines."""
+def displacement(patch: Sequence[int], rng: np.random.Generator, cfg: Mapping[str, float]) -> torch.Tensor:
+    """A smooth random displacement field (voxels, ``(*patch, 3)``): a coarse random grid upsampled
+    with cubic splines; zero along axes of size 1."""
     magnitude = cfg.get("elastic_magnitude", 4.0)
     coarse = [4 if p > 1 else 1 for p in patch]
     field = rng.normal(0.0, magnitude, size=(3, *coarse))
-    for a in flat:
+    for a in [i for i, p in enumerate(patch) if p == 1]:
         field[a] = 0.0
     zoom = [p / c for p, c in zip(patch, coarse)]
     return torch.from_numpy(np.stack([ndimage.zoom(f, zoom, order=3, mode="nearest") for f in field], axis=-1))
@@ -133,8 +173,12 @@ def intensity_transform(img: np.ndarray, rng: np.random.Generator, cfg: Mapping[
         img = _gamma(img, rng, cfg.get("gamma_range", 0.3))
     if draws["blur"]:
         lo, hi = cfg.get("blur_sigma_min", 0.5), cfg.get("blur_sigma_max", 1.0)
-        for k in range(c):
-            img[k] = ndimage.gaussian_filter(img[k], sigma=[rng.uniform(lo, hi) if n > 1 else 0 for n in img.shape[1:]])
+        sigmas = [[rng.uniform(lo, hi) if n > 1 else 0 for n in img.shape[1:]] for _ in range(c)]
+
+        def blur(k: int) -> None:  # scipy releases the GIL: channels run in parallel
+            ndimage.gaussian_filter(img[k], sigma=sigmas[k], output=img[k])
+
+        list(_pool().map(blur, range(c)))
     if draws["lowres"]:
         img = _low_resolution(img, rng.uniform(1.0, cfg.get("lowres_factor", 2.0)))
     if draws["noise"]:
@@ -143,8 +187,19 @@ def intensity_transform(img: np.ndarray, rng: np.random.Generator, cfg: Mapping[
         noise *= np.float32(cfg.get("noise_std", 0.1))
         img += noise
     if background is not None:
-        img[background] = 0.0
+        np.copyto(img, np.float32(0.0), where=background)
     return img.astype(np.float32, copy=False)
+
+
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    """A small shared thread pool (as many threads as torch uses) for per-channel filters."""
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="medseg-augment")
+    return _POOL
 
 
 def _gamma(img: np.ndarray, rng: np.random.Generator, spread: float) -> np.ndarray:

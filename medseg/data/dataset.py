@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from medseg.data.augment import draw_spatial, intensity_transform, spatial_margin, spatial_transform
+from medseg.data.augment import displacement, draw_spatial, intensity_transform, sample_patch, spatial_transform
 
 
 @dataclass
@@ -32,8 +32,10 @@ class CachedCase:
     @classmethod
     def load(cls, entry: Mapping[str, Any]) -> CachedCase:
         """Open a datalist entry (``name``, ``image``, ``label`` paths to ``.npy``)."""
-        image = np.load(Path(entry["image"]), mmap_mode="r")
-        label = np.load(Path(entry["label"]), mmap_mode="r")
+        # copy-on-write maps: read like "r" (nothing is ever written back), but writable views let
+        # torch wrap blocks of them without a copy
+        image = np.load(Path(entry["image"]), mmap_mode="c")
+        label = np.load(Path(entry["label"]), mmap_mode="c")
         flat = np.asarray(label).ravel()
         fg = {int(c): np.flatnonzero(flat == c) for c in np.unique(flat) if c != 0}
         return cls(name=str(entry["name"]), image=image, label=label, fg_index=fg)
@@ -47,19 +49,21 @@ def _crop_start(centre: np.ndarray, shape: Sequence[int], patch: Sequence[int]) 
 
 def extract_patch(image: np.ndarray, label: np.ndarray, start: Sequence[int],
                   patch: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Crop ``patch`` voxels from ``start`` (which may lie outside the volume), zero-padding outside."""
+    """Crop ``patch`` voxels from ``start`` (which may lie outside the volume), zero outside.
+
+    Returns a float32 image and a label of the cache's dtype (uint8), both fresh C-contiguous arrays.
+    """
     shape = label.shape
     lo = [min(max(0, int(s)), n) for s, n in zip(start, shape)]
     hi = [max(min(n, int(s) + int(p)), lo_) for s, p, n, lo_ in zip(start, patch, shape, lo)]
-    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
-    img = np.asarray(image[(slice(None), *sl)], dtype=np.float32)
-    lab = np.asarray(label[sl], dtype=np.int64)
-    before = [a - int(s) for a, s in zip(lo, start)]
-    after = [int(p) - n - b for p, n, b in zip(patch, img.shape[1:], before)]
-    if any(before) or any(after):
-        pad = [(b, a) for b, a in zip(before, after)]
-        img = np.pad(img, [(0, 0), *pad])
-        lab = np.pad(lab, pad)
+    src = tuple(slice(a, b) for a, b in zip(lo, hi))
+    if all(b - a == int(p) for a, b, p in zip(lo, hi, patch)):  # inside the volume: one copy
+        return np.array(image[(slice(None), *src)], dtype=np.float32), np.array(label[src])
+    img = np.zeros((image.shape[0], *(int(p) for p in patch)), np.float32)
+    lab = np.zeros(tuple(int(p) for p in patch), label.dtype)
+    dst = tuple(slice(a - int(s), b - int(s)) for a, b, s in zip(lo, hi, start))
+    img[(slice(None), *dst)] = image[(slice(None), *src)]
+    lab[dst] = label[src]
     return img, lab
 
 
@@ -105,27 +109,40 @@ class PatchDataset(Dataset):
             centre = np.array(np.unravel_index(flat, shape))
         else:
             centre = np.array([rng.integers(s) for s in shape])
+        start = _crop_start(centre, shape, self.patch)
         drawn = draw_spatial(rng, self.augment, self.patch)
-        margin = np.asarray(spatial_margin(self.patch, self.augment) if drawn else [0] * len(self.patch))
-        padded = tuple(int(p) for p in np.asarray(self.patch) + 2 * margin)
-        start = _crop_start(centre, shape, self.patch) - margin  # the patch stays where sampling put it
-        img, lab = extract_patch(case.image, case.label, start, padded)
-        img, lab = augment_patch(img, lab, rng, self.augment, self.patch, drawn)
+        if drawn is None:
+            img, lab = extract_patch(case.image, case.label, start, self.patch)
+        else:  # resampled from the whole volume around the same centre
+            matrix, elastic = drawn
+            disp = displacement(self.patch, rng, self.augment) if elastic else None
+            mid = start + (np.asarray(self.patch) - 1) / 2
+            img, lab = sample_patch(case.image, case.label, mid, self.patch, matrix, disp)
+        img, lab = flip_and_intensity(img, lab, rng, self.augment)
         return torch.from_numpy(img), torch.from_numpy(lab[None])
 
 
 def augment_patch(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, cfg: Mapping[str, float],
                   patch: Sequence[int] | None = None, drawn: Any = "draw") -> tuple[np.ndarray, np.ndarray]:
-    """Spatial transforms (cutting ``patch`` out of the margin), mirror flips, intensity transforms.
+    """Spatial transforms of the centre ``patch`` of a block, then :func:`flip_and_intensity`.
 
     See :mod:`medseg.data.augment`. Returns C-contiguous copies (no negative strides reach torch).
     """
     patch = tuple(lab.shape) if patch is None else tuple(int(p) for p in patch)
     img, lab = spatial_transform(img, lab, patch, rng, cfg, drawn)
+    return flip_and_intensity(img, lab, rng, cfg)
+
+
+def flip_and_intensity(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
+                       cfg: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Mirror flips (each axis with ``flip_prob``) and intensity transforms of a patch."""
+    flipped = False
     for axis in range(lab.ndim):
         if rng.random() < cfg.get("flip_prob", 0.0) and lab.shape[axis] > 1:
             img = np.flip(img, axis=axis + 1)
             lab = np.flip(lab, axis=axis)
-    img = np.array(img, dtype=np.float32, order="C")
-    lab = np.array(lab, order="C")
+            flipped = True
+    if flipped or not img.flags.c_contiguous:
+        img = np.ascontiguousarray(img, dtype=np.float32)
+        lab = np.ascontiguousarray(lab)
     return intensity_transform(img, rng, cfg), lab

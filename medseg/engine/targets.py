@@ -60,9 +60,13 @@ class Target:
         float region masks (regions)."""
         if self.mode == "labels":
             return label
-        masks = [torch.isin(label[:, 0], torch.tensor(codes, device=label.device))
-                 for codes in self.labels.regions.values()]
-        return torch.stack(masks, dim=1).float()
+        lab = label[:, 0]
+        out = torch.zeros((lab.shape[0], len(self.labels.regions), *lab.shape[1:]), dtype=torch.float32,
+                          device=label.device)
+        for r, codes in enumerate(self.labels.regions.values()):
+            for c in codes:  # a few comparisons of small integers: far cheaper than torch.isin
+                out[:, r] += lab == c
+        return out
 
     def decode(self, probs: torch.Tensor) -> np.ndarray:
         """``(K, ...)`` probabilities -> uint8 label map in internal codes."""

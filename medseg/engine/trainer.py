@@ -106,14 +106,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def validate(model: torch.nn.Module, cases: Sequence[CachedCase], target: Target,
-             roi: Sequence[int], overlap: float, device: torch.device) -> dict[str, float]:
-    """Mean Dice per region over whole preprocessed validation volumes."""
+             roi: Sequence[int], overlap: float, device: torch.device,
+             dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Mean Dice per region over whole preprocessed validation volumes (network under autocast
+    to ``dtype``, as in training, when given)."""
     was_training = model.training
     model.eval()
     scores: dict[str, list[float]] = {r: [] for r in target.labels.regions}
 
     def net(x: torch.Tensor) -> torch.Tensor:
-        return model(x.to(device)).float().cpu()
+        with autocast(device, dtype):
+            return model(x.to(device)).float().cpu()
 
     for case in cases:
         probs = sliding_window_probs(net, torch.from_numpy(np.array(case.image)), roi, target.channels,
@@ -167,10 +170,14 @@ def _broadcast(obj: Any, world: int) -> Any:
 def build_optimizer(model: torch.nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
     """AdamW, or SGD with Nesterov momentum (nnU-Net's choice), from ``train``."""
     name = choice(cfg["optimizer"])
+    # fused kernels (one pass over each parameter, CPU and CUDA): same update, fewer passes
+    fused = {"fused": True} if all(p.device.type in ("cpu", "cuda") and p.dtype.is_floating_point
+                                   for p in model.parameters()) else {}
     if name == "sgd":
         return torch.optim.SGD(model.parameters(), lr=float(cfg["lr"]), momentum=float(cfg["momentum"]),
-                               nesterov=True, weight_decay=float(cfg["weight_decay"]))
-    return torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]))
+                               nesterov=True, weight_decay=float(cfg["weight_decay"]), **fused)
+    return torch.optim.AdamW(model.parameters(), lr=float(cfg["lr"]), weight_decay=float(cfg["weight_decay"]),
+                             **fused)
 
 
 def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Sequence[CachedCase],
@@ -218,7 +225,10 @@ def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Seque
     workers = int(cfg["num_workers"])
     loader = DataLoader(dataset, batch_size=bs, shuffle=False, sampler=sampler, num_workers=workers,
                         persistent_workers=workers > 0, pin_memory=device.type == "cuda")
-    prefetch = int(cfg.get("prefetch") or 0)
+    prefetch = cfg.get("prefetch")
+    # on CPU, a helper thread competes with the network for the same cores: measured slower than
+    # preparing each batch in turn (bench/train_vs_monai.py --set train.prefetch=2)
+    prefetch = int(prefetch) if prefetch is not None else (2 if device.type == "cuda" else 0)
     batches = ThreadPrefetcher(loader, prefetch) if workers == 0 and prefetch > 0 else loader
     loss_fn = SegmentationLoss(target, choice(cfg["loss"]), float(cfg["dice_weight"]),
                                float(cfg["ce_weight"]), float(cfg["focal_gamma"]))
@@ -278,7 +288,8 @@ def fit(cfg: Mapping[str, Any], model_cfg: Mapping[str, Any], train_cases: Seque
         out_of_time = budget is not None and time.monotonic() - start >= float(budget)
         last_epoch = epoch == max_epochs - 1 or out_of_time
         if val_cases and ((epoch + 1) % int(cfg["val_every"]) == 0 or last_epoch):
-            val = validate(model, val_cases, target, patch, float(cfg["val_overlap"]), device) if rank == 0 else None
+            val = (validate(model, val_cases, target, patch, float(cfg["val_overlap"]), device, dtype)
+                   if rank == 0 else None)
             val = _broadcast(val, world)
             record["val_dice"] = val
             record["val_mean_dice"] = float(np.mean(list(val.values())))
