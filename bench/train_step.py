@@ -63,7 +63,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     print(f"CPU native bf16: {cpu_has_native_bf16()}; patch {args.patch}³, batch {args.batch}, "
           f"{args.threads} threads, torch {torch.__version__}")
-    modes = ["fp32", "bf16"] + (["compile"] if args.compile else [])
+    modes = ["fp32", "bf16", "channels_last", "bf16_channels_last"] + (["compile"] if args.compile else [])
     base = None
     for mode in modes:
         median, first = step_time(mode, args.patch, args.batch)

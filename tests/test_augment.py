@@ -101,3 +101,25 @@ def test_each_intensity_transform_changes_the_image_and_keeps_background_zero(na
     assert out.shape == img.shape and out.dtype == np.float32
     assert not np.allclose(out, img)
     assert not out[img == 0].any()
+
+
+def test_sampling_is_identical_whatever_the_number_of_threads():
+    """The output grid is cut into per-thread slabs; the patch must not depend on how many."""
+    import torch
+
+    img, lab = _volume((40, 36, 30), seed=2)
+    lab[10:20, 10:20, 10:20] = 3
+    a = np.deg2rad(17.0)
+    m = 1.1 * np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for n in (1, 2, 4):
+            torch.set_num_threads(n)
+            outs.append(sample_patch(img, lab, (19.5, 17.5, 14.5), (16, 16, 16), m))
+    finally:
+        torch.set_num_threads(threads)
+    for out_img, out_lab in outs[1:]:
+        np.testing.assert_array_equal(out_img, outs[0][0])
+        np.testing.assert_array_equal(out_lab, outs[0][1])
+    assert outs[0][1].any()
