@@ -123,3 +123,20 @@ def test_sampling_is_identical_whatever_the_number_of_threads():
         np.testing.assert_array_equal(out_img, outs[0][0])
         np.testing.assert_array_equal(out_lab, outs[0][1])
     assert outs[0][1].any()
+
+
+def test_blur_in_forked_loader_workers_after_the_parent_used_it():
+    """The per-channel blur pool is per process: a forked worker must not wait on the parent's threads."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from medseg.data.dataset import CachedCase, PatchDataset
+
+    img, lab = _volume((20, 20, 20), seed=4)
+    intensity_transform(img.copy(), np.random.default_rng(0), {"blur_prob": 1.0})  # the parent's pool
+    case = CachedCase("c", img, lab, {})
+    ds = PatchDataset([case], (8, 8, 8), 4, 0.0, {"blur_prob": 1.0}, seed=0)
+    loader = DataLoader(ds, batch_size=2, num_workers=1, multiprocessing_context="fork", timeout=60)
+    batches = list(loader)
+    assert len(batches) == 2
+    torch.testing.assert_close(batches[0][0][0], ds[0][0])  # same patch as in the parent

@@ -16,6 +16,7 @@ Each transform has a probability and a strength in ``train.augment`` (see
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -191,15 +192,17 @@ def intensity_transform(img: np.ndarray, rng: np.random.Generator, cfg: Mapping[
     return img.astype(np.float32, copy=False)
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: tuple[int, ThreadPoolExecutor] | None = None
 
 
 def _pool() -> ThreadPoolExecutor:
-    """A small shared thread pool (as many threads as torch uses) for per-channel filters."""
+    """A small shared thread pool (as many threads as torch uses) for per-channel filters, one per
+    process: a loader worker forked after the parent used it gets its own (the parent's threads do
+    not exist in the child)."""
     global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="medseg-augment")
-    return _POOL
+    if _POOL is None or _POOL[0] != os.getpid():
+        _POOL = (os.getpid(), ThreadPoolExecutor(max(1, torch.get_num_threads()), thread_name_prefix="medseg-augment"))
+    return _POOL[1]
 
 
 def _gamma(img: np.ndarray, rng: np.random.Generator, spread: float) -> np.ndarray:
