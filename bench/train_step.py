@@ -2,7 +2,9 @@
 
 Prints the median step time (after warm-up) of fp32, bf16 autocast, channels-last and
 ``torch.compile`` on this machine, relative to fp32, so that ``train.precision=auto`` and
-``train.compile`` defaults are chosen by measurement.
+``train.compile`` defaults are chosen by measurement; then the loss alone (forward + backward on
+the logits) for each target: medseg's fused Dice + CE against the same loss composed from MONAI's
+``DiceLoss`` and torch's cross-entropy modules.
 
     .venv/bin/python bench/train_step.py [--patch 64] [--batch 2] [--threads 2] [--compile]
 """
@@ -69,6 +71,40 @@ def main() -> None:
         median, first = step_time(mode, args.patch, args.batch)
         base = base or median
         print(f"{mode:14s} median step {median:.4f} s  ({base / median:.2f}x fp32)  first step {first:.2f} s")
+    for target in ("labels", "regions"):
+        fused, composed = loss_time(target, args.patch, args.batch)
+        print(f"loss {target:8s} fused {fused * 1000:.1f} ms, MONAI DiceLoss + torch CE {composed * 1000:.1f} ms "
+              f"({composed / fused:.2f}x)")
+
+
+def loss_time(mode: str, patch: int, batch: int, steps: int = 20) -> tuple[float, float]:
+    """Median forward + backward seconds of the fused loss and of the composed MONAI + torch loss."""
+    from monai.losses import DiceLoss
+
+    target = Target(mode, LabelSpec())
+    fused = SegmentationLoss(target)
+    regions = mode == "regions"
+    dice = DiceLoss(include_background=regions, to_onehot_y=not regions, softmax=not regions, sigmoid=regions,
+                    batch=True)
+    voxel = torch.nn.BCEWithLogitsLoss() if regions else torch.nn.CrossEntropyLoss()
+
+    def composed(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if regions:
+            enc = target.encode(y)
+            return dice(x, enc) + voxel(x, enc)
+        return dice(x, y.long()) + voxel(x, y[:, 0].long())
+
+    x = torch.randn(batch, target.channels, patch, patch, patch, requires_grad=True)
+    y = torch.randint(0, 4, (batch, 1, patch, patch, patch), dtype=torch.uint8)
+    out = []
+    for fn in (fused, composed):
+        times = []
+        for _ in range(steps):
+            t = time.perf_counter()
+            fn(x, y).backward()
+            times.append(time.perf_counter() - t)
+        out.append(statistics.median(times[4:]))
+    return out[0], out[1]
 
 
 if __name__ == "__main__":
