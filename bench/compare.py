@@ -69,7 +69,7 @@ def infer_medseg(artifact: Path, cases: Path, labels: Path, setting: str, thread
     import numpy as np
     import torch
 
-    from medseg.batch import load_input, predictor_from_artifact
+    from medseg.inference.runtime import load_input, predictor_from_artifact
     from medseg.data.labels import label_spec
     from medseg.data.io.nifti import read_nifti
     from medseg.export.artifact import load_artifact
@@ -164,7 +164,7 @@ def infer_big(artifact: Path, path: Path, threads: int) -> dict:
     (the case is written by the parent process, so this process's peak is the prediction's)."""
     import torch
 
-    from medseg.batch import load_input, predictor_from_artifact
+    from medseg.inference.runtime import load_input, predictor_from_artifact
     from medseg.export.artifact import load_artifact
 
     torch.set_num_threads(threads)

@@ -39,7 +39,7 @@ from medseg.data.synthetic_formats import write_brats_dataset  # noqa: E402
 def prepare(root: Path, cache: Path, out: Path, workers: int) -> tuple[float, dict]:
     """Run ``medseg prepare`` once; return wall seconds and its summary."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "pipelines.cli", "prepare", "data=brats", f"data.root={root}",
+    cmd = [sys.executable, "-m", "medseg.cli", "prepare", "data=brats", f"data.root={root}",
            f"paths.cache_dir={cache}", f"data.workers={workers}", f"hydra.run.dir={out}"]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True,

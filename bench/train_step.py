@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from medseg.data.labels import LabelSpec  # noqa: E402
 from medseg.engine.losses import SegmentationLoss  # noqa: E402
-from medseg.engine.targets import Target  # noqa: E402
-from medseg.engine.precision import cpu_has_native_bf16  # noqa: E402
+from medseg.inference.targets import Target  # noqa: E402
+from medseg.inference.precision import cpu_has_native_bf16  # noqa: E402
 from medseg.models.unet import build_model  # noqa: E402
 
 MODEL = {"spatial_dims": 3, "channels": [16, 32, 64, 128, 256], "strides": [2, 2, 2, 2], "num_res_units": 0,

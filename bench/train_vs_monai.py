@@ -58,26 +58,21 @@ def peak_rss_mb() -> float:
 
 def run_medseg(data: Path, work: Path, budget: float, threads: int, extra: list[str] | None = None) -> dict:
     """prepare + train (+ evaluate, not timed) through medseg's own stage functions."""
-    from hydra import compose, initialize_config_dir
-
-    from medseg.config import register_configs
+    from medseg.cli import compose_config
     from medseg.stages.common import run_in_dir
     from medseg.stages.evaluate import evaluate_stage
     from medseg.stages.export import export_stage
     from medseg.stages.prepare import prepare_stage
     from medseg.stages.train import train_stage
     from omegaconf import open_dict
-    from pipelines import CONFIG_DIR
 
-    register_configs()
     overrides = [f"paths.root={work}", f"paths.output_dir={work}", f"data.root={data}", f"data.target_spacing={SPACING}", "model=unet3d_fast",
                  f"train.patch_size={PATCH}", f"train.batch_size={BATCH}", f"train.max_time_s={budget}",
                  "train.max_epochs=10000", f"train.iters_per_epoch={ITERS_PER_EPOCH}",
                  f"train.val_every={VAL_EVERY_ITERS // ITERS_PER_EPOCH}", f"train.threads={threads}",
                  "train.progress=false", "train.tensorboard=false", "train.warmup_iters=40", "data.workers=2",
                  f"paths.cache_dir={work / 'cache'}", f"evaluate.inference.threads={threads}", "evaluate.n_figures=0", *(extra or [])]
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides)
+    cfg = compose_config(overrides)
     start = time.monotonic()
     with open_dict(cfg):
         run_in_dir(prepare_stage, cfg, work / "prepare", clean_dir=True)

@@ -1,20 +1,8 @@
-"""`medseg evaluate`: Hydra entry point of :func:`medseg.stages.evaluate_stage`."""
+"""`python pipelines/evaluate.py [overrides]` from a checkout: the evaluate stage, the same as `medseg evaluate`."""
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from medseg.config import register_configs
-from pipelines import CONFIG_DIR
-from medseg.stages import evaluate_stage, run_stage
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Run the evaluate stage."""
-    run_stage(evaluate_stage, cfg)
-
+from medseg.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(["evaluate", *sys.argv[1:]])

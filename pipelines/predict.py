@@ -1,20 +1,8 @@
-"""`medseg predict`: Hydra entry point of :func:`medseg.stages.predict_stage`."""
+"""`python pipelines/predict.py [overrides]` from a checkout: the predict stage, the same as `medseg predict`."""
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from medseg.config import register_configs
-from pipelines import CONFIG_DIR
-from medseg.stages import predict_stage, run_stage
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Run the predict stage."""
-    run_stage(predict_stage, cfg)
-
+from medseg.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(["predict", *sys.argv[1:]])

@@ -1,20 +1,8 @@
-"""`medseg prepare`: Hydra entry point of :func:`medseg.stages.prepare_stage`."""
+"""`python pipelines/prepare.py [overrides]` from a checkout: the prepare stage, the same as `medseg prepare`."""
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from medseg.config import register_configs
-from pipelines import CONFIG_DIR
-from medseg.stages import prepare_stage, run_stage
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Run the prepare stage."""
-    run_stage(prepare_stage, cfg)
-
+from medseg.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(["prepare", *sys.argv[1:]])

@@ -1,20 +1,8 @@
-"""`medseg run`: Hydra entry point of :func:`medseg.stages.run_stage_all` (every stage in order)."""
+"""`python pipelines/run.py [overrides]` from a checkout: the run stage, the same as `medseg run`."""
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from medseg.config import register_configs
-from pipelines import CONFIG_DIR
-from medseg.stages import run_stage, run_stage_all
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Run prepare, train, evaluate, export and predict."""
-    run_stage(run_stage_all, cfg)
-
+from medseg.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(["run", *sys.argv[1:]])

@@ -1,20 +1,8 @@
-"""`medseg train`: Hydra entry point of :func:`medseg.stages.train_stage`."""
+"""`python pipelines/train.py [overrides]` from a checkout: the train stage, the same as `medseg train`."""
 
-import hydra
-from omegaconf import DictConfig
+import sys
 
-from medseg.config import register_configs
-from pipelines import CONFIG_DIR
-from medseg.stages import train_stage, run_stage
-
-register_configs()
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    """Run the train stage."""
-    run_stage(train_stage, cfg)
-
+from medseg.cli import main
 
 if __name__ == "__main__":
-    main()
+    main(["train", *sys.argv[1:]])

@@ -3,22 +3,17 @@
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
-from medseg.config import register_configs
-from pipelines import CONFIG_DIR
-from pipelines.cli import check_overrides
+from medseg.cli import check_overrides, compose_config
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 EXPERIMENTS = sorted(p.stem for p in (Path(CONFIG_DIR) / "experiment").glob("*.yaml"))
 
 
 def _compose(overrides):
-    register_configs()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides, return_hydra_config=False)
+    return compose_config(overrides)
 
 
 @pytest.mark.parametrize("experiment", EXPERIMENTS)

@@ -15,8 +15,8 @@ from medseg.data.preprocess import PreprocessSpec
 from medseg.data.sources import make_source
 from medseg.data.synthetic import SynthConfig
 from medseg.data.synthetic_formats import write_dicom_dataset
-from medseg.engine.inference import CasePredictor, torch_network
-from medseg.engine.targets import Target
+from medseg.inference.predictor import CasePredictor, torch_network
+from medseg.inference.targets import Target
 from medseg.models.unet import build_model
 
 

@@ -8,7 +8,7 @@ from monai.losses import DiceLoss
 
 from medseg.data.labels import LabelSpec
 from medseg.engine.losses import SegmentationLoss
-from medseg.engine.targets import Target
+from medseg.inference.targets import Target
 
 
 def _reference(target: Target, logits: torch.Tensor, label: torch.Tensor, dice_w: float, ce_w: float) -> torch.Tensor:

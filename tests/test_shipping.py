@@ -61,7 +61,7 @@ def test_tampered_artifact_is_refused(artifact, tmp_path):
         (copy / victim).write_bytes(bytes(data))
         with pytest.raises(ArtifactError, match="sha256 differs"):
             load_artifact(copy, load_module=False)
-    proc = subprocess.run([sys.executable, "-m", "medseg.batch", str(copy), str(tmp_path), str(tmp_path / "o")],
+    proc = subprocess.run([sys.executable, "-m", "medseg.inference.cli", str(copy), str(tmp_path), str(tmp_path / "o")],
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2 and "sha256 differs" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -106,7 +106,7 @@ def _batch(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(BLOCKER)
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
-    return subprocess.run([sys.executable, "-m", "medseg.batch", *args], capture_output=True, text=True, env=env,
+    return subprocess.run([sys.executable, "-m", "medseg.inference.cli", *args], capture_output=True, text=True, env=env,
                           timeout=600)
 
 

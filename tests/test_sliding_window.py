@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.engine.sliding_window import flip_sets, sliding_window_probs, window_starts
+from medseg.inference.sliding_window import flip_sets, sliding_window_probs, window_starts
 
 
 def pointwise_net():
@@ -40,7 +40,7 @@ def test_flip_tta_is_exact_for_an_equivariant_network():
 
 
 def test_remove_small_components_by_volume():
-    from medseg.engine.inference import remove_small_components
+    from medseg.inference.predictor import remove_small_components
 
     label = np.zeros((20, 20, 20), np.uint8)
     label[2:4, 2:4, 2:4] = 1      # 8 voxels of 8 mm^3 = 0.064 ml

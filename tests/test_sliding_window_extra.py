@@ -2,7 +2,7 @@
 
 import torch
 
-from medseg.engine.sliding_window import sliding_window_probs
+from medseg.inference.sliding_window import sliding_window_probs
 
 
 def test_fp16_stitching_matches_fp32_closely():

@@ -20,7 +20,7 @@ from conftest import MEDSEG, REPO, TINY, run_medseg
 from medseg.data.dataset import CachedCase
 from medseg.data.labels import LabelSpec
 from medseg.engine.state import latest_state
-from medseg.engine.targets import Target
+from medseg.inference.targets import Target
 from medseg.engine.trainer import fit, load_checkpoint
 
 TRAIN_CFG = {
@@ -177,7 +177,7 @@ def test_cross_validation_folds_partition_the_training_cases(prepared, tmp_path)
 def test_two_process_ddp_on_cpu(prepared, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
-            "-m", "pipelines.train", f"paths.prepared={prepared}", "hydra.run.dir=ddp", *TINY,
+            "-m", "medseg", "train", f"paths.prepared={prepared}", "hydra.run.dir=ddp", *TINY,
             "train.threads=1", "train.max_epochs=2"]
     proc = subprocess.run(args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -194,7 +194,7 @@ def restore(probs: torch.Tensor, geom: Geometry,
         probs: ``(K, x, y, z)`` probabilities on the preprocessed grid.
         geom: the geometry recorded by :func:`preprocess`.
         decode: probabilities -> uint8 label map (default: argmax over classes, channel 0 being
-            background); see :meth:`medseg.engine.targets.Target.decode`.
+            background); see :meth:`medseg.inference.targets.Target.decode`.
 
     Returns:
         ``(X, Y, Z)`` uint8 label map with the source shape and voxel order.

@@ -1,1 +1,1 @@
-"""Training loop, sliding-window inference and the case predictor."""
+"""Training: the loop, losses, prefetching, training state and its logs."""

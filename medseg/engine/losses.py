@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from monai.losses import DiceLoss, FocalLoss
 from torch import nn
 
-from medseg.engine.targets import Target
+from medseg.inference.targets import Target
 from medseg.errors import ConfigError
 
 LOSSES = ("dice_ce", "dice_focal")

@@ -32,11 +32,11 @@ from medseg.data.dataset import CachedCase, PatchDataset
 from medseg.engine.prefetch import ThreadPrefetcher
 from medseg.engine.losses import SegmentationLoss
 from medseg.engine.logging import TrainingLog
-from medseg.engine.sliding_window import sliding_window_probs
+from medseg.inference.sliding_window import sliding_window_probs
 from medseg.engine.state import BackgroundWriter, latest_state, rng_state, save_state, set_rng_state, snapshot
-from medseg.engine.inference import pick_device
-from medseg.engine.precision import autocast, autocast_dtype
-from medseg.engine.targets import Target
+from medseg.inference.predictor import pick_device
+from medseg.inference.precision import autocast, autocast_dtype
+from medseg.inference.targets import Target
 from medseg.errors import ConfigError, DataError
 from medseg.metrics.overlap import dice
 from medseg.models.unet import build_model, check_relu_only, describe_model, volume_patch

@@ -62,7 +62,7 @@ class Artifact:
             raise ArtifactError(f"backend {backend!r} is not known; valid: {', '.join(BACKENDS)}")
         if self.module is None:
             raise ArtifactError(f"{self.path}: loaded without its TorchScript module")
-        from medseg.engine.inference import torch_network
+        from medseg.inference.predictor import torch_network
 
         self.module.to(device)
         return torch_network(self.module, torch.device(device), precision)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medseg.engine.sliding_window import Network
+from medseg.inference.sliding_window import Network
 from medseg.errors import ArtifactError, ConfigError
 from medseg.utils.files import atomic_path
 

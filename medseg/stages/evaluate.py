@@ -37,9 +37,9 @@ from medseg.data.io.nifti import read_nifti, write_nifti
 from medseg.data.labels import CONVENTIONS, LabelSpec, label_spec
 from medseg.data.preprocess import PreprocessSpec
 from medseg.data.sources import CaseRef, Source, make_source
-from medseg.engine.inference import CasePredictor, torch_network
-from medseg.engine.targets import Target
-from medseg.engine.inference import pick_device
+from medseg.inference.predictor import CasePredictor, torch_network
+from medseg.inference.targets import Target
+from medseg.inference.predictor import pick_device
 from medseg.engine.trainer import load_checkpoint
 from medseg.errors import ConfigError, DataError, MedsegError
 from medseg.metrics.case import case_metrics

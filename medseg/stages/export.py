@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from medseg.engine.sliding_window import sliding_window_probs
-from medseg.engine.targets import Target
+from medseg.inference.sliding_window import sliding_window_probs
+from medseg.inference.targets import Target
 from medseg.engine.trainer import load_checkpoint
 from medseg.errors import ArtifactError
 from medseg.export.artifact import CARD_FILE, ONNX_FILE, ONNX_INT8_FILE, load_artifact, write_artifact

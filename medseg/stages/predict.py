@@ -15,7 +15,7 @@ The network runs in TorchScript (``predict.backend=torch``) or ONNX Runtime
 (``predict.backend=onnxruntime``). A bad case is reported and skipped, and the stage fails at the
 end if any case failed.
 
-The runtime part lives in :mod:`medseg.batch`, which the Hydra-free ``medseg-predict`` command
+The runtime part lives in :mod:`medseg.inference.runtime`, which the Hydra-free ``medseg-predict`` command
 (the Docker image's default) uses too.
 """
 
@@ -29,7 +29,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from medseg.batch import (InputCase, Loaded, file_inputs, parse_shard, predictor_from_artifact, run_batch,
+from medseg.inference.runtime import (InputCase, Loaded, file_inputs, parse_shard, predictor_from_artifact, run_batch,
                           shard_items)
 from medseg.config import choice
 from medseg.data.sources import CaseRef, make_source

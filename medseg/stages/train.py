@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from medseg.data.dataset import CachedCase
 from medseg.data.labels import LabelSpec
-from medseg.engine.targets import Target
+from medseg.inference.targets import Target
 from medseg.engine.trainer import fit
 from medseg.errors import ConfigError, DataError
 from medseg.models.unet import size_divisor, volume_patch

@@ -1,12 +1,7 @@
 """Batch prediction from an exported artifact, without Hydra or MONAI.
 
-This is the runtime half of ``medseg predict`` and the whole of the ``medseg-predict`` command the
-Docker image runs::
-
-    medseg-predict ARTIFACT INPUT OUTPUT [--backend torch|onnxruntime] [--shard i/n] [--tta 0,1,2]
-                   [--overlap 0.5] [--threads N] [--pattern '*.nii.gz'] [--no-skip-existing]
-
-It needs only the runtime dependencies — numpy, scipy, nibabel, pydicom, torch (or, for the
+This is the runtime half of ``medseg predict`` and of the ``medseg-predict`` command
+(:mod:`medseg.inference.cli`, the Docker image's default). It needs only the runtime dependencies — numpy, scipy, nibabel, pydicom, torch (or, for the
 ONNX Runtime backend, onnxruntime as well) — and imports neither Hydra/OmegaConf nor MONAI (a test
 checks that). Inputs: a folder of 4D channel-last NIfTI files (``*.nii.gz``), a ``.txt`` list of
 paths, or one file. Outputs in OUTPUT: ``<case>.nii.gz`` on each input's grid and
@@ -16,11 +11,9 @@ bad case is reported and skipped, and the exit status is 2 if any case failed (0
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import logging
 import resource
-import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +23,8 @@ import numpy as np
 import torch
 
 from medseg.data.io.nifti import read_header, read_nifti, write_nifti
-from medseg.engine.inference import CasePredictor, pick_device
-from medseg.engine.targets import Target
+from medseg.inference.predictor import CasePredictor, pick_device
+from medseg.inference.targets import Target
 from medseg.errors import ArtifactError, ConfigError, DataError, MedsegError, PartialFailure
 from medseg.export.artifact import Artifact, load_artifact
 from medseg.utils.files import write_json
@@ -197,52 +190,3 @@ def run_batch(items: Sequence[InputCase], predictor: CasePredictor, art: Artifac
         raise PartialFailure(f"{len(failed)} case(s) failed: " + "; ".join(r["error"] for r in failed)
                              + f" (see {out_dir / 'predictions.json'})")
     return {k: v for k, v in summary.items() if k != "cases"}
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``medseg-predict``: see the module docstring."""
-    parser = argparse.ArgumentParser(prog="medseg-predict", description="Segment a folder of cases with an "
-                                     "exported medseg artifact (no Hydra, no MONAI needed).")
-    parser.add_argument("artifact", help="artifact folder (metadata.json, model.ts, model.onnx)")
-    parser.add_argument("input", help="folder of 4D NIfTI cases, a .txt list of files, or one file")
-    parser.add_argument("output", help="output folder")
-    parser.add_argument("--backend", choices=["torch", "onnxruntime", "onnxruntime-int8"], default="torch")
-    parser.add_argument("--shard", default=None, help="i/n: only the i-th of n parts of the sorted case list")
-    parser.add_argument("--pattern", default="*.nii.gz")
-    parser.add_argument("--tta", default="", help="comma-separated axes to mirror, e.g. 0,1,2")
-    parser.add_argument("--overlap", type=float, default=0.5)
-    parser.add_argument("--sw-batch-size", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--max-memory-gb", type=float, default=4.0,
-                        help="refuse a case whose estimated peak memory exceeds this (0: no cap)")
-    parser.add_argument("--precision", default="fp32", choices=["auto", "fp32", "bf16", "fp16"],
-                        help="torch backend: autocast dtype (auto: bf16 on CPUs/GPUs with native bf16)")
-    parser.add_argument("--no-skip-existing", action="store_true", help="predict cases whose output exists")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    try:
-        art = load_artifact(args.artifact, load_module=args.backend == "torch")
-        items = shard_items(file_inputs(Path(args.input), args.pattern, len(art.spec.channels)),
-                            parse_shard(args.shard))
-        inf = {"overlap": args.overlap, "sw_batch_size": args.sw_batch_size, "threads": args.threads,
-               "device": args.device, "precision": args.precision,
-               "max_memory_gb": args.max_memory_gb or None, "tta_flips": [int(a) for a in args.tta.split(",") if a.strip()]}
-        predictor = predictor_from_artifact(art, inf, backend=args.backend)
-        out = Path(args.output)
-        out.mkdir(parents=True, exist_ok=True)
-        summary = run_batch(items, predictor, art, out, skip_existing=not args.no_skip_existing,
-                            extra={"input": str(args.input), "backend": args.backend, "shard": args.shard})
-    except PartialFailure as e:
-        sys.stderr.write(f"medseg-predict: error: {e}\n")
-        return 2
-    except MedsegError as e:
-        sys.stderr.write(f"medseg-predict: error: {e}\n")
-        return 2
-    sys.stdout.write(f"{summary['n_ok']} case(s) segmented, {summary['n_skipped']} skipped, "
-                     f"{summary['n_failed']} failed; summary in {Path(args.output) / 'predictions.json'}\n")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

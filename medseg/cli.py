@@ -1,22 +1,29 @@
-"""The ``medseg`` command.
+"""The ``medseg`` command (also ``python -m medseg``).
 
-    medseg <stage> [hydra overrides...]     stage: prepare, train, evaluate, export, predict, run
+    medseg <stage> [hydra overrides...] [-m]   stage: prepare, train, evaluate, export, predict, run
+    medseg <stage> --cfg job|hydra|all          print the composed config and exit
     medseg synth OUT_DIR [layout=msd|brats2021|brats2023|dicom|xray] [n=24] [n_test=6] [seed=0] [spacing=1.5]
-    medseg compare RUN_A RUN_B [--out DIR]   paired per-case comparison of two evaluated runs
+    medseg compare RUN_A RUN_B [--out DIR]     paired per-case comparison of two evaluated runs
 
-Overrides are checked against the typed schema before the stage starts: a misspelt key or an
-invalid value is reported in one line with the valid choices, and the exit status is 2.
+The configs are the package ``medseg.conf`` (the repository's ``conf/`` folder, shipped inside the
+wheel), so the command works from any folder. The config is composed once, by Hydra, and checked
+against the typed schema before the stage starts: a misspelt key or an invalid value is reported in
+one line with the valid choices, and the exit status is 2. ``-m``/``--multirun`` runs a sweep
+through Hydra's launcher (``hydra/launcher=slurm`` for Slurm).
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib
 import logging
 import sys
+from collections.abc import Callable
+from typing import Any
 
 STAGES = ("prepare", "train", "evaluate", "export", "predict", "run")
-from pipelines import CONFIG_DIR as CONF_DIR
+COMMANDS = (*STAGES, "synth", "compare")
+#: The package holding the Hydra configs (``conf/`` in the repository).
+CONFIG_MODULE = "medseg.conf"
 
 USAGE = __doc__ or ""
 
@@ -33,41 +40,110 @@ def main(argv: list[str] | None = None) -> None:
     if command == "compare":
         raise SystemExit(compare(rest))
     if command not in STAGES:
-        close = difflib.get_close_matches(command, STAGES + ("synth", "compare"), n=1)
+        close = difflib.get_close_matches(command, COMMANDS, n=1)
         hint = f" Did you mean '{close[0]}'?" if close else ""
-        sys.stderr.write(f"medseg: unknown command '{command}'; valid: "
-                         f"{', '.join(STAGES + ('synth', 'compare'))}.{hint}\n")
-        raise SystemExit(2)
-    multirun = any(a in {"-m", "--multirun"} for a in rest)
-    if not multirun and not any(a.startswith("-") for a in rest):
-        message = check_overrides(rest)
-        if message:
-            sys.stderr.write(f"medseg {command}: error: {message}\n")
-            raise SystemExit(2)
-    module = importlib.import_module(f"pipelines.{command}")
-    sys.argv = [f"medseg-{command}", *rest]
-    module.main()
+        _fail(f"medseg: unknown command '{command}'; valid: {', '.join(COMMANDS)}.{hint}")
+    raise SystemExit(run_hydra(command, rest))
 
 
-def check_overrides(overrides: list[str]) -> str | None:
-    """Compose the config with ``overrides``; return a one-line explanation if that fails."""
-    from hydra import compose, initialize_config_dir
+def _fail(message: str) -> None:
+    sys.stderr.write(message + "\n")
+    raise SystemExit(2)
+
+
+def _parse_flags(stage: str, args: list[str]) -> tuple[list[str], bool, str | None]:
+    """Split ``args`` into overrides, the multirun flag and a ``--cfg`` request."""
+    overrides: list[str] = []
+    multirun, show = False, None
+    it = iter(args)
+    for a in it:
+        if a in {"-m", "--multirun"}:
+            multirun = True
+        elif a in {"-c", "--cfg"}:
+            show = next(it, "job")
+        elif a.startswith("--cfg="):
+            show = a.split("=", 1)[1]
+        elif a in {"-h", "--help"}:
+            sys.stdout.write(USAGE.strip() + "\n")
+            raise SystemExit(0)
+        elif a.startswith("-"):
+            _fail(f"medseg {stage}: error: unknown flag '{a}'; valid: -m/--multirun, --cfg job|hydra|all")
+        else:
+            overrides.append(a)
+    if show not in (None, "job", "hydra", "all"):
+        _fail(f"medseg {stage}: error: --cfg {show}: expected job, hydra or all")
+    return overrides, multirun, show
+
+
+def run_hydra(stage: str, args: list[str], task: Callable[[Any], Any] | None = None) -> int:
+    """Compose the config once (``stage`` is Hydra's job name) and run the stage in Hydra's run
+    folder, or a sweep with ``-m``. Returns the exit status."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
     from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import OmegaConf
+
+    from medseg.config import register_configs
+    from medseg.stages import STAGES as STAGE_FUNCTIONS, run_stage
+
+    overrides, multirun, show = _parse_flags(stage, args)
+    register_configs()
+    GlobalHydra.instance().clear()
+    hydra = Hydra.create_main_hydra2(task_name=stage,
+                                     config_search_path=create_config_search_path(f"pkg://{CONFIG_MODULE}"))
+    fn = task or (lambda cfg: run_stage(STAGE_FUNCTIONS[stage], cfg))
+    try:
+        if show:
+            hydra.show_cfg(config_name="config", overrides=overrides, cfg_type=show, package=None)
+        elif multirun:
+            hydra.multirun(config_name="config", task_function=fn, overrides=overrides)
+        else:
+            hydra.run(config_name="config", task_function=fn, overrides=overrides)
+    except Exception as e:  # Hydra/OmegaConf raise many types while composing; one line each
+        if not _is_config_error(e):
+            raise
+        sys.stderr.write(f"medseg {stage}: error: {explain(e, overrides)}\n")
+        return 2
+    finally:
+        GlobalHydra.instance().clear()
+    return 0
+
+
+def _is_config_error(error: BaseException) -> bool:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return isinstance(error, (HydraException, OmegaConfBaseException))
+
+
+def compose_config(overrides: list[str] | None = None, return_hydra_config: bool = False) -> Any:
+    """The composed config (a DictConfig) for ``overrides``, without running anything (tests, benches)."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
 
     from medseg.config import register_configs
 
     register_configs()
-    plain = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     GlobalHydra.instance().clear()
     try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=plain)
-            OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
-    except Exception as e:  # Hydra/OmegaConf raise many types; we only reformat them
-        return explain(e, plain)
+        with initialize_config_module(config_module=CONFIG_MODULE, version_base="1.3"):
+            return compose(config_name="config", overrides=list(overrides or []),
+                           return_hydra_config=return_hydra_config)
     finally:
         GlobalHydra.instance().clear()
+
+
+def check_overrides(overrides: list[str]) -> str | None:
+    """A one-line explanation of why ``overrides`` do not compose against the schema, else ``None``."""
+    from omegaconf import OmegaConf
+
+    plain_overrides = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    try:
+        cfg = compose_config(plain_overrides)
+        OmegaConf.to_container(cfg, resolve=False, throw_on_missing=False)
+    except Exception as e:  # noqa: BLE001 - reformatted, not swallowed
+        if not _is_config_error(e):
+            raise
+        return explain(e, plain_overrides)
     return None
 
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 
 from medseg.data.preprocess import PreprocessSpec, preprocess, restore
-from medseg.engine.sliding_window import Network, flip_sets, sliding_window_probs
-from medseg.engine.targets import Target
+from medseg.inference.sliding_window import Network, flip_sets, sliding_window_probs
+from medseg.inference.targets import Target
 from medseg.errors import DataError
 
 
@@ -185,8 +185,8 @@ def pick_device(name: str) -> torch.device:
 def torch_network(module: torch.nn.Module | torch.jit.ScriptModule, device: torch.device,
                   precision: str = "fp32") -> Network:
     """Wrap a module as a CPU-in/CPU-out network callable running on ``device``, under autocast for
-    ``precision`` (``auto``/``bf16``/``fp16``; see :func:`medseg.engine.precision.autocast_dtype`)."""
-    from medseg.engine.precision import autocast, autocast_dtype
+    ``precision`` (``auto``/``bf16``/``fp16``; see :func:`medseg.inference.precision.autocast_dtype`)."""
+    from medseg.inference.precision import autocast, autocast_dtype
 
     module.eval()
     dtype = autocast_dtype(precision, device)
