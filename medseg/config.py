@@ -1,9 +1,13 @@
-"""Typed configuration schemas.
+"""Typed configuration schemas: the one place every default is written.
 
-The YAML files under ``conf/`` are merged onto these dataclasses, so an unknown key or a value of
-the wrong type fails when Hydra composes the config, before any data is read. Choice-valued keys
-are enums: an invalid value is refused with the list of valid ones.
+The YAML files under ``conf/`` hold only what a group or a preset changes; they are merged onto
+these dataclasses, so an unknown key or a value of the wrong type fails when Hydra composes the
+config, before any data is read. Choice-valued keys are enums: an invalid value is refused with the
+list of valid ones. Stages receive the composed config as these dataclasses
+(:func:`to_typed`, i.e. ``OmegaConf.to_object``), whose ``__post_init__`` checks what a type cannot.
 
+This module imports neither Hydra nor OmegaConf at import time, so the Hydra-free runtime
+(``medseg-predict``) builds its :class:`InferenceConfig` from the same defaults.
 :func:`register_configs` stores the root schema in Hydra's ConfigStore as ``medseg_schema``;
 ``conf/config.yaml`` lists it first in its defaults.
 """
@@ -12,9 +16,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any, Optional
 
-from omegaconf import MISSING
+#: OmegaConf's marker of a required value (``omegaconf.MISSING``).
+MISSING = "???"
 
 
 class SourceKind(str, Enum):
@@ -112,6 +118,41 @@ class SynthLayout(str, Enum):
     xray = "xray"
 
 
+class LabelConvention(str, Enum):
+    """Label codings of label files (see :data:`medseg.data.labels.CONVENTIONS`)."""
+
+    msd = "msd"
+    brats2021 = "brats2021"
+    brats2023 = "brats2023"
+    binary = "binary"
+
+
+class DataConvention(str, Enum):
+    """Label coding of a dataset's label files; ``auto``: detected from the file names (BraTS)."""
+
+    auto = "auto"
+    msd = "msd"
+    brats2021 = "brats2021"
+    brats2023 = "brats2023"
+    binary = "binary"
+
+
+class Backend(str, Enum):
+    """Runtime of an exported artifact's network."""
+
+    torch = "torch"
+    onnxruntime = "onnxruntime"
+    onnxruntime_int8 = "onnxruntime-int8"
+
+
+class EvalSplit(str, Enum):
+    """The prepared split that ``evaluate`` (and ``run``'s predict) scores."""
+
+    test = "test"
+    validation = "validation"
+    train = "train"
+
+
 class Device(str, Enum):
     """Where to run the network."""
 
@@ -145,7 +186,7 @@ class DataConfig:
 
     source: SourceKind = SourceKind.msd
     root: str = MISSING
-    convention: str = "msd"
+    convention: DataConvention = DataConvention.msd  # label coding of the label files
     # nifti: channel names, a {case} file pattern per channel and for the label, or a datalist
     channels: list[str] = field(default_factory=list)
     patterns: dict[str, str] = field(default_factory=dict)
@@ -161,31 +202,32 @@ class DataConfig:
     mask_dir: Optional[str] = "masks"
     voi_lut: bool = False
     # verification
-    skip_bad: bool = False
-    max_voxels: int = 512 * 512 * 512 * 4
-    affine_tol_mm: float = 1e-3
+    skip_bad: bool = False  # true: quarantine bad cases and go on; false: any problem stops prepare
+    max_voxels: int = 512 * 512 * 512 * 4  # refuse images whose header promises more (checked before decoding)
+    affine_tol_mm: float = 1e-3  # tolerance when comparing the grids of channels and label
     # planning and preprocessing
-    target_spacing: Optional[list[float]] = None
-    memory_budget_gb: float = 8.0
+    target_spacing: Optional[list[float]] = None  # mm along R, A, S; None: planned (median spacing)
+    memory_budget_gb: float = 8.0  # the planned patch keeps one training step under this
     normalization: Normalization = Normalization.zscore_nonzero
     crop_foreground: bool = True
     val_fraction: float = 0.2
-    test_fraction: float = 0.2
+    test_fraction: float = 0.2  # used only when the dataset has no labelled test cases
     split_seed: int = 0
-    workers: int = 2
+    workers: int = 2  # parallel processes for prepare
 
 
 @dataclass
 class ModelConfig:
-    """MONAI U-Net with ReLU activations (the activation is not configurable)."""
+    """MONAI U-Net with ReLU activations (the activation is not configurable); the defaults are
+    ``model=unet3d``."""
 
     spatial_dims: int = 3
-    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    strides: list[int] = field(default_factory=lambda: [2, 2, 2])
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    strides: list[int] = field(default_factory=lambda: [2, 2, 2, 2])
     num_res_units: int = 1
     norm: Norm = Norm.instance
     dropout: float = 0.0
-    deep_supervision: bool = False
+    deep_supervision: bool = False  # true: MONAI DynUNet with deep supervision (nnU-Net architecture), ReLU
     deep_supr_num: int = 2
 
 
@@ -224,58 +266,76 @@ class TrainConfig:
 
     max_epochs: int = 100
     iters_per_epoch: int = 50
-    max_time_s: Optional[float] = None
+    max_time_s: Optional[float] = None  # wall-clock budget (s); training stops after the epoch that crosses it
     batch_size: int = 2
-    patch_size: Optional[list[int]] = None
-    fg_oversample: float = 0.5
-    target: TargetMode = TargetMode.labels
+    patch_size: Optional[list[int]] = None  # None: the planned patch (plan.json); 2 ints for a 2D model
+    fg_oversample: float = 0.5  # share of patches centred on a foreground voxel of a random present class
+    target: TargetMode = TargetMode.labels  # labels: softmax per label | regions: sigmoid per BraTS region
     loss: LossKind = LossKind.dice_ce
     dice_weight: float = 1.0
-    ce_weight: float = 1.0
+    ce_weight: float = 1.0  # weight of the voxel-wise term (cross-entropy or focal)
     focal_gamma: float = 2.0
-    optimizer: OptimizerKind = OptimizerKind.adamw
+    optimizer: OptimizerKind = OptimizerKind.adamw  # adamw (schedule=cosine) | sgd: Nesterov (schedule=poly, lr 0.01)
     lr: float = 3e-3
-    momentum: float = 0.99
+    momentum: float = 0.99  # sgd only
     weight_decay: float = 1e-5
     schedule: Schedule = Schedule.cosine
     warmup_iters: int = 50
     grad_clip: float = 12.0
-    precision: Precision = Precision.auto
-    compile: bool = False
+    precision: Precision = Precision.auto  # auto: bf16 on GPUs and CPUs with native bf16, else fp32
+    compile: bool = False  # torch.compile the network for training
     seed: int = 0
-    deterministic: bool = False
-    resume: str = "auto"
-    keep_states: int = 2
-    patience: Optional[int] = None
-    fold: Optional[int] = None
+    deterministic: bool = False  # same seed -> bit-identical weights on CPU
+    resume: str = "auto"  # auto | never | PATH of a training state
+    keep_states: int = 2  # training states kept in states/
+    patience: Optional[int] = None  # early stopping: validations without improvement; None: off
+    fold: Optional[int] = None  # cross-validation fold (0 .. folds-1); None: the prepared split
     folds: int = 5
-    num_workers: int = 0
-    prefetch: Optional[int] = None
-    threads: Optional[int] = None
+    num_workers: int = 0  # data-loader worker processes (augmentation runs there)
+    prefetch: Optional[int] = None  # batches prepared ahead in a helper thread; None: 2 on GPUs, 0 on CPU
+    threads: Optional[int] = None  # torch intra-op threads; None: torch's default
     device: Device = Device.auto
     val_every: int = 1
     val_overlap: float = 0.25
     tensorboard: bool = True
-    mlflow: bool = False
+    mlflow: bool = False  # log to MLflow (pip install 'medseg[mlflow]'); file store in the train folder
     mlflow_uri: Optional[str] = None
     mlflow_experiment: str = "medseg"
     progress: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
+    def __post_init__(self) -> None:
+        if self.resume not in ("auto", "never") and not self.resume.strip():
+            raise ValueError("train.resume must be auto, never or the path of a training state")
+
 
 @dataclass
 class InferenceConfig:
-    """Sliding-window inference (shared by evaluate and predict)."""
+    """Sliding-window inference (shared by evaluate, predict and ``medseg-predict``).
+
+    ``min_component_ml``: drop tumour components smaller than this (ml; 0 keeps all); ``None``
+    takes the value recorded in the artifact. ``max_memory_gb``: refuse a case whose estimated
+    peak RSS exceeds this (``None``: no cap).
+    """
 
     overlap: float = 0.5
     sw_batch_size: int = 2
     tta_flips: list[int] = field(default_factory=list)
-    min_component_ml: Optional[float] = None
+    min_component_ml: Optional[float] = 0.5
     threads: Optional[int] = None
     device: Device = Device.auto
     precision: Precision = Precision.fp32
     max_memory_gb: Optional[float] = 4.0
     stitch_dtype: StitchDtype = StitchDtype.float32
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.overlap < 1.0:
+            raise ValueError(f"inference.overlap={self.overlap} must be in [0, 1)")
+        if self.sw_batch_size < 1:
+            raise ValueError(f"inference.sw_batch_size={self.sw_batch_size} must be at least 1")
+        bad = [a for a in self.tta_flips if a not in (0, 1, 2)]
+        if bad:
+            raise ValueError(f"inference.tta_flips={list(self.tta_flips)}: axes must be 0, 1 or 2")
 
 
 @dataclass
@@ -283,16 +343,18 @@ class EvaluateConfig:
     """Scoring against reference labels."""
 
     hd_percentile: float = 95.0
-    nsd_tolerance_mm: float = 1.0
-    detection_min_ml: float = 0.1
-    empty_convention: EmptyKind = EmptyKind.brats
+    nsd_tolerance_mm: float = 1.0  # tolerance of the normalised surface Dice
+    detection_min_ml: float = 0.1  # a case is called tumour-positive from this predicted volume
+    empty_convention: EmptyKind = EmptyKind.brats  # brats: both empty Dice 1 / HD 0, one empty Dice 0 / HD empty_hd_mm
     empty_hd_mm: float = 373.13
-    n_figures: int = 5
+    n_figures: int = 5  # outline montages of the worst and of the best cases (each)
+    split: EvalSplit = EvalSplit.test  # the prepared split scored (an empty one is an error, never a fallback)
+    # scoring external predictions (no checkpoint): folders of label maps matched by case name
     predictions: Optional[str] = None
     references: Optional[str] = None
-    images: Optional[str] = None
-    labels: str = "msd"
-    skip_bad: bool = False
+    images: Optional[str] = None  # optional images for the montages (<case>_0000.nii.gz or <case>.nii.gz)
+    labels: LabelConvention = LabelConvention.msd  # label coding of both folders
+    skip_bad: bool = False  # true: missing/bad predictions are scored as empty and listed as failures
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
@@ -300,12 +362,12 @@ class EvaluateConfig:
 class ExportConfig:
     """Exported artifact."""
 
-    logit_tolerance: float = 1e-3
-    min_label_agreement: float = 0.9999
-    onnx: bool = True
+    logit_tolerance: float = 1e-3  # max |eager - exported| logit difference accepted
+    min_label_agreement: float = 0.9999  # fraction of voxels whose label must agree on a real case
+    onnx: bool = True  # also write model.onnx (needs medseg[onnx]), checked with ONNX Runtime
     opset: int = 17
-    int8: bool = False
-    bundle: bool = True
+    int8: bool = False  # also write model.int8.onnx (predict.backend=onnxruntime-int8)
+    bundle: bool = True  # also write a MONAI bundle folder (medseg_bundle/)
 
 
 @dataclass
@@ -314,13 +376,17 @@ class PredictConfig:
 
     source: PredictSource = PredictSource.files
     pattern: str = "*.nii.gz"
-    cases: list[str] = field(default_factory=list)
-    ensemble: list[str] = field(default_factory=list)
+    cases: list[str] = field(default_factory=list)  # source=data: only these cases (empty: all)
+    ensemble: list[str] = field(default_factory=list)  # more artifact folders: probabilities are averaged
     skip_existing: bool = True
-    backend: str = "torch"
-    shard: Optional[str] = None
-    dicom_seg: str = "auto"
-    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    backend: Backend = Backend.torch
+    shard: Optional[str] = None  # "i/n": the i-th of n interleaved parts of the sorted case list
+    dicom_seg: Optional[bool] = None  # None: when highdicom is installed
+    inference: InferenceConfig = field(default_factory=lambda: InferenceConfig(min_component_ml=None))
+
+    def __post_init__(self) -> None:
+        if self.shard is not None:
+            parse_shard(self.shard)
 
 
 @dataclass
@@ -351,6 +417,47 @@ class MedsegConfig:
     seed: int = 0
     log_level: str = "INFO"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_shard(shard: str | None) -> tuple[int, int] | None:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; ``None`` for no sharding."""
+    if shard in (None, "", "null"):
+        return None
+    try:
+        i, n = (int(x) for x in str(shard).split("/"))
+    except ValueError as e:
+        raise ValueError(f"predict.shard={shard!r} must look like i/n, e.g. 0/4") from e
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"predict.shard={shard!r}: need 0 <= i < n")
+    return i, n
+
+
+def to_typed(cfg: Any) -> MedsegConfig:
+    """The composed config as :class:`MedsegConfig` dataclasses (interpolations resolved); a
+    :class:`MedsegConfig` is returned as it is. A value the schema's checks refuse raises
+    :class:`~medseg.errors.ConfigError`."""
+    if isinstance(cfg, MedsegConfig):
+        return cfg
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from medseg.errors import ConfigError
+
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except (ValueError, OmegaConfBaseException) as e:
+        cause = e.__cause__ if isinstance(e, OmegaConfBaseException) and e.__cause__ else e
+        raise ConfigError(" ".join(str(cause).split())) from e
+    if not isinstance(obj, MedsegConfig):
+        raise ConfigError(f"the config is a {type(obj).__name__}, not the medseg schema")
+    return obj
+
+
+def to_dictconfig(cfg: MedsegConfig) -> Any:
+    """A typed config back as an OmegaConf node (for YAML records and Hydra)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.structured(cfg)
 
 
 def choice(value: Any) -> str:

@@ -96,9 +96,12 @@ def require_path(cfg: DictConfig, key: str, stage: str, must_exist: bool = True)
 
 
 def plain(obj: Any) -> Any:
-    """A DictConfig/ListConfig (enums included) as plain JSON-ready Python data."""
+    """A DictConfig/ListConfig or a schema dataclass (enums included) as plain JSON-ready data."""
+    import dataclasses
     import json
 
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        obj = OmegaConf.structured(obj)
     if isinstance(obj, DictConfig) or OmegaConf.is_config(obj):
         obj = OmegaConf.to_container(obj, resolve=True, enum_to_str=True)
     return json.loads(to_json(obj))
