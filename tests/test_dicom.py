@@ -254,3 +254,34 @@ def test_refuses_series_over_budget_before_decoding(tmp_path):
     files = _series(tmp_path)
     with pytest.raises(DataError, match=r"series of 8 slices of 5x6 \(240 voxels\) exceeds the budget of 100"):
         read_series(files, max_voxels=100)
+
+
+# --- the spacing rule of single-slice series -------------------------------------------------
+
+@pytest.mark.parametrize("between, thickness, expected", [(4.0, 3.0, 4.0), (None, 3.0, 3.0), (5.0, None, 5.0),
+                                                          (None, None, 1.0)])
+@pytest.mark.parametrize("enhanced", [False, True], ids=["classic", "enhanced"])
+def test_single_slice_step_is_spacing_between_slices_then_thickness(tmp_path, between, thickness, expected,
+                                                                    enhanced):
+    """One slice has no neighbour: SpacingBetweenSlices, then SliceThickness, then 1 mm (dcm2niix's rule).
+    SimpleITK agrees whenever SpacingBetweenSlices is present and otherwise says 1 mm."""
+    files = write_series(_volume((8, 6, 1)), _affine(np.eye(3), (1, 1, 2), (0, 0, 0)), tmp_path / "s",
+                         new_ids("P", "T1", 1), enhanced=enhanced)
+    ds = pydicom.dcmread(files[0])
+    measures = ds.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0] if enhanced else ds
+    for keyword, value in (("SpacingBetweenSlices", between), ("SliceThickness", thickness)):
+        if keyword in measures:
+            delattr(measures, keyword)
+        if value is not None:
+            setattr(measures, keyword, value)
+    ds.save_as(files[0])
+    vol = read_series(files, 10**8)
+    np.testing.assert_allclose(np.linalg.norm(vol.affine[:3, :3], axis=0), [1.0, 1.0, expected])
+    img = sitk.ReadImage(str(files[0]))
+    assert img.GetSpacing()[2] == pytest.approx(expected if between is not None else 1.0)
+    if DCM2NIIX is not None:
+        import nibabel as nib
+
+        subprocess.run([DCM2NIIX, "-z", "n", "-f", "out", "-o", str(tmp_path), str(tmp_path / "s")],
+                       check=True, capture_output=True)
+        assert nib.load(tmp_path / "out.nii").header.get_zooms()[2] == pytest.approx(expected)

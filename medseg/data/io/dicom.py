@@ -10,6 +10,11 @@ Geometry of a series (single-frame files or one enhanced multi-frame file):
 - every slice must share ImageOrientationPatient (within 1e-4), Rows, Columns and PixelSpacing;
 - slices are sorted by ``ImagePositionPatient · (row × column direction)``; the slice step
   (and so the spacing along Z) comes from the positions, never from SliceThickness;
+- a single-slice series has no second position, so its step along the normal is
+  SpacingBetweenSlices, then SliceThickness, then 1 mm (the first positive one; for enhanced
+  files, from the Pixel Measures functional group). This is dcm2niix's rule; SimpleITK (GDCM) also
+  takes SpacingBetweenSlices first but then falls back to 1 mm, ignoring SliceThickness: we keep
+  SliceThickness, the only measured extent of the slice, rather than an arbitrary 1 mm;
 - duplicated positions, missing slices, uneven gaps beyond ``gap_tol_mm`` and positions that do
   not lie on the slice normal (gantry tilt) are refused with a message naming the file;
 - RescaleSlope/RescaleIntercept are applied per slice (per frame for enhanced MR);
@@ -145,6 +150,12 @@ class _Slice:
     slope: float
     intercept: float
     thickness: float | None
+    spacing_between: float | None = None
+
+    @property
+    def single_slice_step(self) -> float:
+        """Step along the normal of a one-slice series (see the module docstring)."""
+        return next((abs(v) for v in (self.spacing_between, self.thickness) if v), 1.0)
 
 
 def _first(ds: Dataset, frame: Dataset | None, seq: str, attr: str) -> Any:
@@ -169,20 +180,22 @@ def _slices_of(ds: Dataset, path: Path) -> list[_Slice]:
             slope = _first(ds, frame, "PixelValueTransformationSequence", "RescaleSlope")
             icpt = _first(ds, frame, "PixelValueTransformationSequence", "RescaleIntercept")
             thick = _first(ds, frame, "PixelMeasuresSequence", "SliceThickness")
+            between = _first(ds, frame, "PixelMeasuresSequence", "SpacingBetweenSlices")
             out.append(_Slice(path, i, np.asarray(ipp, float), np.asarray(iop, float),
                               (float(ps[0]), float(ps[1])), float(slope if slope is not None else 1),
-                              float(icpt if icpt is not None else 0), float(thick) if thick else None))
+                              float(icpt if icpt is not None else 0), float(thick) if thick else None,
+                              float(between) if between else None))
         return out
     if n_frames > 1:
         raise DataError(path, f"multi-frame file ({n_frames} frames) without per-frame geometry")
     for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
         if tag not in ds or ds[tag].value is None or len(ds[tag].value) == 0:
             raise DataError(path, f"no {tag}: not a slice of a volume")
-    thick = ds.get("SliceThickness")
+    thick, between = ds.get("SliceThickness"), ds.get("SpacingBetweenSlices")
     return [_Slice(path, None, np.asarray(ds.ImagePositionPatient, float), np.asarray(ds.ImageOrientationPatient, float),
                    (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
                    float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0),
-                   float(thick) if thick else None)]
+                   float(thick) if thick else None, float(between) if between else None)]
 
 
 @dataclass
@@ -250,8 +263,7 @@ def series_geometry(files: Sequence[Path], max_voxels: int, gap_tol_mm: float = 
 def _check_positions(slices: list[_Slice], pos: np.ndarray, normal: np.ndarray, tol: float) -> np.ndarray:
     """Check slice positions; return the step vector between consecutive slices (LPS mm)."""
     if len(slices) == 1:
-        s = slices[0]
-        return normal * (s.thickness or 1.0)
+        return normal * slices[0].single_slice_step
     gaps = np.diff(pos)
     dup = np.flatnonzero(gaps < max(tol, 1e-3))
     if dup.size:
@@ -294,7 +306,7 @@ def read_series(files: Sequence[Path], max_voxels: int, gap_tol_mm: float = 0.01
     pixels: dict[Path, np.ndarray] = {}
     for k, s in enumerate(slices):
         if s.path not in pixels:
-            pixels[s.path] = _decode(s.path)
+            pixels[s.path] = _decode(s.path, frames=s.frame is not None)
         arr = pixels[s.path] if s.frame is None else pixels[s.path][s.frame]
         if arr.shape != (rows, cols):
             raise DataError(s.path, f"pixel data of shape {arr.shape} does not match Rows x Columns {rows}x{cols}")
@@ -306,10 +318,13 @@ def read_series(files: Sequence[Path], max_voxels: int, gap_tol_mm: float = 0.01
     return DicomVolume(data=data, affine=affine, files=files)
 
 
-def _decode(path: Path) -> np.ndarray:
+def _decode(path: Path, frames: bool = False) -> np.ndarray:
+    """The stored pixels of a file; with ``frames``, always ``(frames, rows, columns)`` (pydicom drops
+    the frame axis of a one-frame enhanced file)."""
     try:
         ds = pydicom.dcmread(path)
-        return np.asarray(ds.pixel_array)
+        arr = np.asarray(ds.pixel_array)
+        return arr[None] if frames and arr.ndim == 2 else arr
     except DataError:
         raise
     except Exception as e:  # decoders raise many types on truncated/corrupt data
