@@ -47,3 +47,20 @@ def test_shapes_and_types():
     x, y = ds[0]
     assert x.shape == (2, 8, 8, 8) and x.dtype == torch.float32
     assert y.shape == (1, 8, 8, 8) and y.dtype == torch.uint8  # as cached; losses take uint8 labels
+
+
+def test_typed_augment_config_gives_the_same_patches_as_its_mapping():
+    import dataclasses
+
+    import pytest
+
+    from medseg.config import AugmentConfig
+    from medseg.errors import MedsegError
+
+    aug = AugmentConfig(rotate_prob=0.0, scale_prob=0.0, blur_prob=0.0, lowres_prob=0.0)
+    typed = PatchDataset([make_case()], (8, 8, 8), 4, 0.5, aug, seed=2)
+    mapped = PatchDataset([make_case()], (8, 8, 8), 4, 0.5, dataclasses.asdict(aug), seed=2)
+    for i in range(4):
+        assert all(torch.equal(a, b) for a, b in zip(typed[i], mapped[i]))
+    with pytest.raises(MedsegError, match="at least one case"):
+        PatchDataset([], (8, 8, 8), 4, 0.5, aug, seed=0)

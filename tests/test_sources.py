@@ -143,3 +143,20 @@ def test_xray_source_reads_every_variant(tmp_path):
         img = c.image[0, :, :, 0]
         border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]])
         assert np.median(img) > np.median(border)
+
+
+def test_source_options_are_plain_for_typed_and_dict_configs(tmp_path):
+    from omegaconf import OmegaConf
+
+    from medseg.config import DataConfig, DataConvention, SourceKind
+    from medseg.data.sources import SOURCE_KEYS, BraTSSource, build_source, source_options
+
+    data = DataConfig(source=SourceKind.brats, root=str(tmp_path / "elsewhere"), convention=DataConvention.auto,
+                      channels=["a", "b"])
+    options = source_options(data)
+    assert options == source_options(OmegaConf.structured(data))
+    assert options["convention"] == "auto" and type(options["convention"]) is str
+    assert options["channels"] == ["a", "b"] and set(options) == set(SOURCE_KEYS) - {"source"}
+    root = write_brats_dataset(tmp_path / "brats", CFG, "brats2023", workers=1)
+    src = build_source(data, root=root)  # the data settings over another folder
+    assert isinstance(src, BraTSSource) and src.release == "brats2023" and len(src.cases()) == CFG.n

@@ -8,6 +8,7 @@ identical whatever the number of loader workers, and an epoch can be replayed ex
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from medseg.config import AugmentConfig
 from medseg.data.augment import displacement, draw_spatial, intensity_transform, sample_patch, spatial_transform
+from medseg.errors import MedsegError
 
 
 @dataclass
@@ -76,19 +79,23 @@ class PatchDataset(Dataset):
         length: items per epoch (iterations x batch size).
         fg_oversample: probability that a patch is centred on a foreground voxel of a randomly
             chosen present class (class-balanced), as in nnU-Net.
-        augment: augmentation settings (see :class:`medseg.config.AugmentConfig`).
+        augment: augmentation settings: :class:`medseg.config.AugmentConfig` or a mapping with its
+            keys (a missing probability means the transform is off).
         seed: base seed.
+
+    Raises:
+        MedsegError: ``cases`` is empty.
     """
 
     def __init__(self, cases: Sequence[CachedCase], patch_size: Sequence[int], length: int,
-                 fg_oversample: float, augment: Mapping[str, float], seed: int) -> None:
+                 fg_oversample: float, augment: AugmentConfig | Mapping[str, float], seed: int) -> None:
         if not cases:
-            raise ValueError("PatchDataset needs at least one case")
+            raise MedsegError("PatchDataset needs at least one case (the training split is empty)")
         self.cases = list(cases)
         self.patch = tuple(int(p) for p in patch_size)
         self.length = int(length)
         self.fg_oversample = float(fg_oversample)
-        self.augment = dict(augment)
+        self.augment = dataclasses.asdict(augment) if dataclasses.is_dataclass(augment) else dict(augment)
         self.seed = int(seed)
         self.epoch = 0
 

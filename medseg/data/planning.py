@@ -13,21 +13,20 @@ values and why.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from medseg.config import DataConfig, ModelConfig, TrainConfig
+from medseg.data.labels import LabelSpec
+from medseg.models.memory import training_step_gb
+from medseg.models.unet import size_divisor
+
+log = logging.getLogger(__name__)
+
 ANISOTROPY_THRESHOLD = 3.0
-#: Memory model of one training step (fp32, AdamW, Dice + cross-entropy), calibrated with
-#: ``bench/plan_memory.py`` against the peak RSS of real CPU steps (48³-96³ patches, batch 1-2,
-#: 0 or 1 residual units). MONAI's U-Net downsamples in its first layer, so level ``l`` holds
-#: ``channels[l]`` features at ``1 / prod(strides[:l + 1])`` of the patch.
-FLOATS_PER_FEATURE = 10.0      # conv, norm and activation outputs and their gradients, per level
-RESIDUAL_FACTOR = 2.3          # extra per residual unit (up to two counted)
-FLOATS_PER_CLASS = 6.0         # full-resolution logits, softmax, one-hot target, their gradients
-SAFETY = 1.25                  # allocator slack, cuDNN workspaces on GPUs
-BYTES_FP32 = 4
 
 
 def plan_spacing(spacings: np.ndarray) -> tuple[list[float], str]:
@@ -43,37 +42,18 @@ def plan_spacing(spacings: np.ndarray) -> tuple[list[float], str]:
     return median.tolist(), "median spacing of the dataset"
 
 
-def estimate_memory_gb(patch: Sequence[int], model: Mapping[str, Any], in_channels: int, num_classes: int,
-                       batch_size: int) -> float:
+def estimate_memory_gb(patch: Sequence[int], model: ModelConfig | Mapping[str, Any], in_channels: int,
+                       num_classes: int, batch_size: int) -> float:
     """Estimated memory (GB) of one fp32 training step with AdamW for a U-Net on ``patch``.
 
-    Activations per level (see the constants above), input and full-resolution outputs per
-    sample; weights, gradients and two Adam moments for the parameters; times ``SAFETY``.
+    The memory model is :func:`medseg.models.memory.training_step_gb` (calibrated with
+    ``bench/plan_memory.py``), the same one the predictor uses for inference windows.
     """
-    channels = [int(c) for c in model["channels"]]
-    strides = [int(s) for s in model["strides"]] + [2]
-    res = 1 + RESIDUAL_FACTOR * min(int(model.get("num_res_units", 0)), 2)
-    voxels = float(np.prod([int(p) for p in patch]))
-    dims = len([p for p in patch if int(p) > 1]) or 1
-    per_voxel = in_channels + FLOATS_PER_CLASS * num_classes
-    scale = 1.0
-    for c, s in zip(channels, strides):
-        scale *= s ** dims
-        per_voxel += FLOATS_PER_FEATURE * res * c / scale
-    params = _parameter_estimate(channels, in_channels, num_classes, dims)
-    total = (batch_size * voxels * per_voxel + 4 * params) * BYTES_FP32 * SAFETY
-    return total / 1024**3
+    return training_step_gb(patch, model, in_channels, num_classes, batch_size)
 
 
-def _parameter_estimate(channels: Sequence[int], in_ch: int, out_ch: int, dims: int) -> float:
-    k = 3**dims
-    chans = [in_ch, *channels]
-    enc = sum(k * a * b for a, b in zip(chans, chans[1:]))
-    return 2.0 * enc + k * channels[0] * out_ch
-
-
-def plan_patch(median_shape: Sequence[float], model: Mapping[str, Any], in_channels: int, num_classes: int,
-               batch_size: int, budget_gb: float, divisor: int, spatial_dims: int = 3,
+def plan_patch(median_shape: Sequence[float], model: ModelConfig | Mapping[str, Any], in_channels: int,
+               num_classes: int, batch_size: int, budget_gb: float, divisor: int, spatial_dims: int = 3,
                max_patch: int = 256) -> tuple[list[int], float]:
     """Largest patch (multiples of ``divisor``) near the median shape that fits ``budget_gb``.
 
@@ -93,3 +73,63 @@ def plan_patch(median_shape: Sequence[float], model: Mapping[str, Any], in_chann
         vol = [*patch, 1] if spatial_dims == 2 else patch
         est = estimate_memory_gb(vol, model, in_channels, num_classes, batch_size)
     return patch, float(est)
+
+
+def make_plan(stats: list[dict[str, Any]], data: DataConfig, model: ModelConfig, train: TrainConfig,
+              in_channels: int, labels: LabelSpec) -> dict[str, Any]:
+    """Target spacing and patch size from the verified cases; explicit config values win.
+
+    Args:
+        stats: per-case statistics (:func:`medseg.data.verify.case_stats`: ``shape`` and
+            ``spacing`` along R, A, S).
+        data: the ``data`` section (:class:`~medseg.config.DataConfig`; ``target_spacing``,
+            ``memory_budget_gb``).
+        model: the ``model`` section (:class:`~medseg.config.ModelConfig`).
+        train: the ``train`` section (:class:`~medseg.config.TrainConfig`; ``batch_size``, ``patch_size``).
+        in_channels: number of image channels.
+        labels: the dataset's labels.
+
+    Returns:
+        The plan (the part of ``plan.json`` that planning decides): used and planned values and why.
+    """
+    spacings = np.asarray([s["spacing"] for s in stats])
+    planned_spacing, why_spacing = plan_spacing(spacings)
+    two_d = all(s["shape"][2] == 1 for s in stats)
+    if two_d:  # single-slice images keep their (nominal) slice spacing
+        planned_spacing[2] = float(np.median(spacings[:, 2]))
+    target = [float(v) for v in data.target_spacing] if data.target_spacing else planned_spacing
+    shapes = np.asarray([s["shape"] for s in stats], dtype=float)
+    median_shape = np.median(shapes * spacings / np.asarray(target), axis=0)
+    patch, planned_patch, est, used_est = _plan_patch_for(median_shape, data, model, train, in_channels,
+                                                          labels.num_classes)
+    return {
+        "target_spacing": target,
+        "patch_size": patch,
+        "batch_size": int(train.batch_size),
+        "planned": {"target_spacing": planned_spacing, "target_spacing_reason": why_spacing,
+                    "patch_size": planned_patch, "estimated_memory_gb": round(est, 3)},
+        "explicit": {"target_spacing": bool(data.target_spacing), "patch_size": bool(train.patch_size)},
+        "estimated_memory_gb": round(used_est, 3),
+        "memory_budget_gb": float(data.memory_budget_gb),
+        "median_shape_at_target": [float(v) for v in median_shape],
+        "two_dimensional": two_d,
+    }
+
+
+def _plan_patch_for(median_shape: np.ndarray, data: DataConfig, model: ModelConfig, train: TrainConfig,
+                    in_channels: int, num_classes: int) -> tuple[list[int], list[int], float, float]:
+    """``(used patch, planned patch, planned estimate GB, used estimate GB)``; warns when an explicit
+    ``train.patch_size`` exceeds the memory budget."""
+    dims = int(model.spatial_dims)
+    budget = float(data.memory_budget_gb)
+    batch = int(train.batch_size)
+    planned_patch, est = plan_patch(median_shape, model, in_channels, num_classes, batch, budget,
+                                    size_divisor([int(s) for s in model.strides]), dims)
+    patch = [int(p) for p in train.patch_size] if train.patch_size else planned_patch
+    vol = [*patch, 1] if dims == 2 else patch
+    used_est = estimate_memory_gb(vol, model, in_channels, num_classes, batch)
+    if used_est > budget:
+        log.warning("plan: train.patch_size=%s needs about %.1f GB per step, over data.memory_budget_gb=%.1f",
+                    patch, used_est, budget)
+    return patch, planned_patch, est, used_est
+

@@ -16,6 +16,9 @@ xray      2D CR/DX DICOM radiographs with PNG/NIfTI masks
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from medseg.data.sources.base import Case, CaseRef, Source
@@ -43,5 +46,50 @@ def make_source(kind: str, root: str, **kwargs: Any) -> Source:
     return cls(root, **kwargs)
 
 
+#: ``data`` keys that change what a source reads (all but ``source`` are passed to it; every one is
+#: part of the cache keys of ``prepare``).
+SOURCE_KEYS = ("source", "convention", "channels", "patterns", "label_pattern", "datalist", "series_patterns",
+               "series_mapping", "label_dir", "slice_gap_tol_mm", "resample_channels", "mask_dir", "voi_lut",
+               "max_voxels", "affine_tol_mm")
+
+
+def source_options(data_cfg: Any) -> dict[str, Any]:
+    """The ``data`` settings a source is built from, as plain JSON-ready values (enums as their
+    strings); recorded in ``plan.json`` so that later stages rebuild the same source.
+
+    Args:
+        data_cfg: the ``data`` section (:class:`~medseg.config.DataConfig` or a DictConfig).
+    """
+    options = {}
+    for key in SOURCE_KEYS[1:]:
+        try:
+            options[key] = _plain_value(getattr(data_cfg, key))
+        except (AttributeError, KeyError):  # a partial config: the source's default applies
+            continue
+    return options
+
+
+def build_source(data_cfg: Any, root: str | Path | None = None) -> Source:
+    """The source named by ``data.source`` over ``root`` (default ``data.root``).
+
+    Args:
+        data_cfg: the ``data`` section (:class:`~medseg.config.DataConfig` or a DictConfig).
+        root: read this folder with the ``data`` settings instead of ``data.root``.
+    """
+    kind = str(getattr(data_cfg.source, "value", data_cfg.source))
+    return make_source(kind, str(data_cfg.root if root is None else root), **source_options(data_cfg))
+
+
+def _plain_value(value: Any) -> Any:
+    """Enums as their values, mappings and sequences (OmegaConf containers too) as dicts and lists."""
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return {str(k): _plain_value(v) for k, v in value.items()}
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [_plain_value(v) for v in value]
+    return value
+
+
 __all__ = ["Case", "CaseRef", "Source", "MSDSource", "BraTSSource", "NiftiSource", "DicomSource",
-           "XraySource", "SOURCES", "make_source"]
+           "XraySource", "SOURCES", "SOURCE_KEYS", "make_source", "source_options", "build_source"]
