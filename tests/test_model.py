@@ -1,10 +1,13 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
 from monai.networks.nets import UNet
+from omegaconf import OmegaConf
 
+from medseg.config import ModelConfig
 from medseg.errors import ConfigError
 from medseg.models.unet import activation_types, build_unet, check_relu_only
 
@@ -14,7 +17,8 @@ CONF = Path(__file__).resolve().parent.parent / "conf" / "model"
 @pytest.mark.parametrize("path", sorted(CONF.glob("*.yaml")), ids=lambda p: p.stem)
 @pytest.mark.parametrize("deep_supervision", [False, True])
 def test_every_model_config_is_relu_only(path, deep_supervision):
-    cfg = {**yaml.safe_load(path.read_text()), "deep_supervision": deep_supervision}
+    group = OmegaConf.merge(OmegaConf.structured(ModelConfig), yaml.safe_load(path.read_text()) or {})
+    cfg = dataclasses.replace(OmegaConf.to_object(group), deep_supervision=deep_supervision)
     model = build_unet(cfg, in_channels=4, out_channels=4)
     assert activation_types(model) == {torch.nn.ReLU}
 

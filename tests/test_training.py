@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,23 +18,29 @@ import pytest
 import torch
 
 from conftest import MEDSEG, REPO, TINY, run_medseg
+from medseg.config import (AugmentConfig, Device, LossKind, ModelConfig, Norm, OptimizerKind, Precision, Schedule,
+                           TargetMode, TrainConfig)
 from medseg.data.dataset import CachedCase
 from medseg.data.labels import LabelSpec
 from medseg.engine.state import latest_state
 from medseg.inference.targets import Target
-from medseg.engine.trainer import fit, load_checkpoint
+from medseg.engine.trainer import fit
+from medseg.models.checkpoint import load_checkpoint
 
-TRAIN_CFG = {
-    "max_epochs": 6, "iters_per_epoch": 8, "max_time_s": None, "batch_size": 2, "patch_size": [16, 16, 16],
-    "fg_oversample": 0.5, "target": "labels", "loss": "dice_ce", "dice_weight": 1.0, "ce_weight": 1.0,
-    "focal_gamma": 2.0, "optimizer": "adamw", "lr": 1e-2, "momentum": 0.99, "weight_decay": 0.0,
-    "schedule": "constant", "warmup_iters": 0, "grad_clip": 12.0, "precision": "fp32", "compile": False,
-    "seed": 0, "deterministic": True, "resume": "never", "keep_states": 2, "patience": None,
-    "num_workers": 0, "threads": 2, "device": "cpu", "val_every": 2, "val_overlap": 0.25,
-    "tensorboard": False, "mlflow": False, "progress": False, "augment": {"flip_prob": 0.5},
-}
-MODEL_CFG = {"spatial_dims": 3, "channels": [8, 16], "strides": [2], "num_res_units": 0, "norm": "instance",
-             "dropout": 0.0}
+#: only flips: every other augmentation off
+_FLIPS_ONLY = AugmentConfig(**{**{f.name: 0.0 for f in fields(AugmentConfig) if f.name.endswith("_prob")},
+                               "flip_prob": 0.5})
+TRAIN_CFG = TrainConfig(
+    max_epochs=6, iters_per_epoch=8, max_time_s=None, batch_size=2, patch_size=[16, 16, 16],
+    fg_oversample=0.5, target=TargetMode.labels, loss=LossKind.dice_ce, dice_weight=1.0, ce_weight=1.0,
+    focal_gamma=2.0, optimizer=OptimizerKind.adamw, lr=1e-2, momentum=0.99, weight_decay=0.0,
+    schedule=Schedule.constant, warmup_iters=0, grad_clip=12.0, precision=Precision.fp32, compile=False,
+    seed=0, deterministic=True, resume="never", keep_states=2, patience=None,
+    num_workers=0, threads=2, device=Device.cpu, val_every=2, val_overlap=0.25,
+    tensorboard=False, mlflow=False, progress=False, augment=_FLIPS_ONLY,
+)
+MODEL_CFG = ModelConfig(spatial_dims=3, channels=[8, 16], strides=[2], num_res_units=0, norm=Norm.instance,
+                        dropout=0.0)
 
 
 def _separable_case(seed: int) -> CachedCase:
@@ -55,34 +62,33 @@ def _separable_case(seed: int) -> CachedCase:
     ("regions", "dice_ce", "adamw"), ("regions", "dice_focal", "adamw"),
 ])
 def test_each_mode_learns_a_separable_case(tmp_path, target, loss, optimizer):
-    cfg = {**TRAIN_CFG, "target": target, "loss": loss, "optimizer": optimizer, "max_epochs": 16,
-           "lr": 1e-2 if optimizer == "adamw" else 5e-2, "momentum": 0.9}
+    cfg = replace(TRAIN_CFG, target=TargetMode(target), loss=LossKind(loss), optimizer=OptimizerKind(optimizer),
+                  max_epochs=16, lr=1e-2 if optimizer == "adamw" else 5e-2, momentum=0.9)
     tgt = Target(target, LabelSpec())
     cases = [_separable_case(s) for s in range(3)]
-    result = fit(cfg, MODEL_CFG, cases[:2], cases[2:], tgt, 3, tmp_path, {"target": tgt.to_json()})
+    result = fit(cfg, MODEL_CFG, cases[:2], cases[2:], tgt, 3, tmp_path)
     assert result.best_metric > 0.85, result
-    ckpt = load_checkpoint(result.best_checkpoint)
-    assert ckpt["meta"]["target"]["mode"] == target
+    _, meta = load_checkpoint(result.best_checkpoint)
+    assert meta.target["mode"] == target
 
 
 def test_deep_supervision_learns(tmp_path):
-    model_cfg = {**MODEL_CFG, "channels": [8, 16, 32], "strides": [2, 2], "deep_supervision": True,
-                 "deep_supr_num": 1}
+    model_cfg = replace(MODEL_CFG, channels=[8, 16, 32], strides=[2, 2], deep_supervision=True, deep_supr_num=1)
     cases = [_separable_case(s) for s in range(3)]
-    result = fit({**TRAIN_CFG, "max_epochs": 16}, model_cfg, cases[:2], cases[2:], Target("labels", LabelSpec()), 3,
-                 tmp_path, {})
+    result = fit(replace(TRAIN_CFG, max_epochs=16), model_cfg, cases[:2], cases[2:], Target("labels", LabelSpec()), 3,
+                 tmp_path)
     assert result.best_metric > 0.85
 
 
 def test_early_stopping(tmp_path):
-    cfg = {**TRAIN_CFG, "lr": 0.0, "patience": 1, "max_epochs": 20, "val_every": 1}
+    cfg = replace(TRAIN_CFG, lr=0.0, patience=1, max_epochs=20, val_every=1)
     cases = [_separable_case(s) for s in range(2)]
-    result = fit(cfg, MODEL_CFG, cases[:1], cases[1:], Target("labels", LabelSpec()), 3, tmp_path, {})
+    result = fit(cfg, MODEL_CFG, cases[:1], cases[1:], Target("labels", LabelSpec()), 3, tmp_path)
     assert result.epochs_run == 2 and result.stopped_by.startswith("early stopping")
 
 
 def _weights(path: Path) -> dict[str, torch.Tensor]:
-    return load_checkpoint(path)["model"]
+    return load_checkpoint(path)[0]
 
 
 def _same(a: Path, b: Path) -> bool:
@@ -164,9 +170,9 @@ def test_cross_validation_folds_partition_the_training_cases(prepared, tmp_path)
     for fold in (0, 1):
         proc = _train(prepared, tmp_path, f"f{fold}", f"train.fold={fold}", "train.folds=2", "train.max_epochs=1")
         assert proc.returncode == 0, proc.stderr[-2000:]
-        ckpt = load_checkpoint(tmp_path / f"f{fold}" / "best.pt")
-        assert ckpt["meta"]["fold"] == fold
-        seen.append(set(ckpt["meta"]["validation_cases"]))
+        _, meta = load_checkpoint(tmp_path / f"f{fold}" / "best.pt")
+        assert meta.fold == fold
+        seen.append(set(meta.validation_cases))
     datalist = json.loads((prepared / "datalist.json").read_text())
     pool = {e["name"] for e in datalist["train"] + datalist["validation"]}
     assert seen[0] | seen[1] == pool and not seen[0] & seen[1]
@@ -186,34 +192,35 @@ def test_two_process_ddp_on_cpu(prepared, tmp_path):
     assert summary["epochs"] == 2 and summary["iterations"] == 6
     lines = (tmp_path / "ddp" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2  # rank 0 alone writes
-    assert load_checkpoint(tmp_path / "ddp" / "best.pt")["meta"]["epoch"] is not None
+    assert load_checkpoint(tmp_path / "ddp" / "best.pt")[1].epoch is not None
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path):
-    cfg = {**TRAIN_CFG, "precision": "bf16", "max_epochs": 16}
+    cfg = replace(TRAIN_CFG, precision=Precision.bf16, max_epochs=16)
     cases = [_separable_case(s) for s in range(3)]
-    result = fit(cfg, MODEL_CFG, cases[:2], cases[2:], Target("labels", LabelSpec()), 3, tmp_path, {})
+    result = fit(cfg, MODEL_CFG, cases[:2], cases[2:], Target("labels", LabelSpec()), 3, tmp_path)
     assert result.best_metric > 0.8
     with pytest.raises(Exception, match="fp16 needs a GPU"):
-        fit({**cfg, "precision": "fp16"}, MODEL_CFG, cases[:2], [], Target("labels", LabelSpec()), 3, tmp_path, {})
+        fit(replace(cfg, precision=Precision.fp16), MODEL_CFG, cases[:2], [], Target("labels", LabelSpec()), 3,
+            tmp_path)
 
 
 def test_mlflow_tracking_or_a_clear_error(tmp_path):
-    cfg = {**TRAIN_CFG, "mlflow": True, "max_epochs": 2, "mlflow_uri": None}
+    cfg = replace(TRAIN_CFG, mlflow=True, max_epochs=2, mlflow_uri=None)
     cases = [_separable_case(s) for s in range(2)]
     try:
         import mlflow  # noqa: F401
     except ImportError:
         with pytest.raises(Exception, match=r"train.mlflow=true needs MLflow: pip install 'medseg\[mlflow\]'"):
-            fit(cfg, MODEL_CFG, cases[:1], cases[1:], Target("labels", LabelSpec()), 3, tmp_path, {})
+            fit(cfg, MODEL_CFG, cases[:1], cases[1:], Target("labels", LabelSpec()), 3, tmp_path)
         return
-    fit(cfg, MODEL_CFG, cases[:1], cases[1:], Target("labels", LabelSpec()), 3, tmp_path, {})
+    fit(cfg, MODEL_CFG, cases[:1], cases[1:], Target("labels", LabelSpec()), 3, tmp_path)
     assert any((tmp_path / "mlruns").rglob("val_mean_dice"))
 
 
 @pytest.mark.slow
 def test_torch_compile_trains(tmp_path):
-    cfg = {**TRAIN_CFG, "compile": True, "max_epochs": 4}
+    cfg = replace(TRAIN_CFG, compile=True, max_epochs=4)
     cases = [_separable_case(s) for s in range(3)]
-    result = fit(cfg, MODEL_CFG, cases[:2], cases[2:], Target("labels", LabelSpec()), 3, tmp_path, {})
+    result = fit(cfg, MODEL_CFG, cases[:2], cases[2:], Target("labels", LabelSpec()), 3, tmp_path)
     assert result.iterations == 32

@@ -1,22 +1,24 @@
 """Full training state on disk: written atomically every epoch, checked by sha256 on resume.
 
 ``states/state-<epoch>.pt`` holds the model, optimiser, scheduler and grad-scaler states, every
-RNG state (Python, numpy, torch, CUDA), the epoch, iteration, best metric and early-stopping
-counter; ``states/state-<epoch>.json`` holds its sha256. The newest ``keep`` states are kept.
-:func:`latest_state` returns the newest state whose checksum matches; a corrupt or truncated
+RNG state (Python, numpy, torch, CUDA) and, under ``"progress"``, the :class:`TrainState` (epoch,
+iteration, best metric, early-stopping counter); ``states/state-<epoch>.json`` holds its sha256.
+The newest ``keep`` states are kept. :func:`latest_state` returns the newest state whose checksum matches; a corrupt or truncated
 state is reported with a warning and the one before it is used. Only tensors and plain data are
 stored, so states load with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
-import threading
-from collections.abc import Callable
-
 import logging
+import math
 import random
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,57 @@ import torch
 from medseg.utils.files import atomic_path, read_json, sha256_file, write_json
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainState:
+    """Where a training run stands; saved in every training state and restored on resume.
+
+    Attributes:
+        epoch: epochs completed (the next epoch to run).
+        iteration: optimiser steps taken.
+        best: best score so far (validation mean Dice, or minus the loss without validation cases).
+        best_epoch: epoch of ``best`` (-1 before the first score).
+        stale: validations since the last improvement (early stopping).
+
+    Example:
+        >>> state = TrainState()
+        >>> state.observe(0.5, validated=True), state.observe(0.4, validated=True)
+        (True, False)
+        >>> state.best, state.stale
+        (0.5, 1)
+    """
+
+    epoch: int = 0
+    iteration: int = 0
+    best: float = -math.inf
+    best_epoch: int = -1
+    stale: int = 0
+
+    def observe(self, score: float | None, validated: bool, epoch: int | None = None) -> bool:
+        """Record the ``score`` of ``epoch`` (default: :attr:`epoch`); ``True`` when it is a new best.
+
+        A score that does not improve counts towards early stopping only when it came from a
+        validation (``validated``).
+        """
+        if score is None:
+            return False
+        if score > self.best:
+            self.best, self.best_epoch, self.stale = float(score), self.epoch if epoch is None else epoch, 0
+            return True
+        if validated:
+            self.stale += 1
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (stored under ``"progress"`` in a training state)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TrainState:
+        """Read :meth:`to_dict`'s output (the ``progress`` dict of older states too)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
 
 
 def rng_state() -> dict[str, Any]:
@@ -97,6 +150,7 @@ class BackgroundWriter:
         self._error: BaseException | None = None
 
     def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` in the background once the previous job has finished."""
         self.wait()
 
         def run() -> None:
@@ -109,6 +163,7 @@ class BackgroundWriter:
         self._thread.start()
 
     def wait(self) -> None:
+        """Wait for the running job; re-raise its error, if any."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
