@@ -69,7 +69,9 @@ def infer_medseg(artifact: Path, cases: Path, labels: Path, setting: str, thread
     import numpy as np
     import torch
 
-    from medseg.inference.runtime import load_input, predictor_from_artifact
+    from medseg.config import Device, InferenceConfig, Precision, StitchDtype
+    from medseg.inference.build import build_predictor
+    from medseg.inference.runtime import load_input
     from medseg.data.labels import label_spec
     from medseg.data.io.nifti import read_nifti
     from medseg.export.artifact import load_artifact
@@ -78,9 +80,10 @@ def infer_medseg(artifact: Path, cases: Path, labels: Path, setting: str, thread
     torch.set_num_threads(threads)
     backend, precision, flips, stitch = SETTINGS[setting]
     art = load_artifact(artifact, load_module=backend == "torch")
-    predictor = predictor_from_artifact(art, {"threads": threads, "precision": precision, "tta_flips": flips,
-                                              "overlap": 0.5, "sw_batch_size": 2, "device": "cpu",
-                                              "stitch_dtype": stitch}, backend=backend)
+    inference = InferenceConfig(threads=threads, precision=Precision(precision), tta_flips=list(flips),
+                                min_component_ml=None, max_memory_gb=None, device=Device.cpu,
+                                stitch_dtype=StitchDtype(stitch))
+    predictor = build_predictor(inference, artifact=art, backend=backend)
     regions = label_spec("msd").regions
     times: dict[str, list[float]] = {}
     scores = {r: [] for r in REGIONS}
@@ -164,13 +167,15 @@ def infer_big(artifact: Path, path: Path, threads: int) -> dict:
     (the case is written by the parent process, so this process's peak is the prediction's)."""
     import torch
 
-    from medseg.inference.runtime import load_input, predictor_from_artifact
+    from medseg.config import Device, InferenceConfig
     from medseg.export.artifact import load_artifact
+    from medseg.inference.build import build_predictor
+    from medseg.inference.runtime import load_input
 
     torch.set_num_threads(threads)
     art = load_artifact(artifact)
-    predictor = predictor_from_artifact(art, {"threads": threads, "max_memory_gb": 4.0, "precision": "fp32",
-                                              "overlap": 0.5, "sw_batch_size": 2, "device": "cpu"})
+    predictor = build_predictor(InferenceConfig(threads=threads, min_component_ml=None, device=Device.cpu),
+                                artifact=art)
     before = peak_rss_mb()
     t = time.perf_counter()
     img, affine = load_input(path, 4)

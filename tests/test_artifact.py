@@ -8,7 +8,7 @@ import torch
 from medseg.errors import ArtifactError
 from medseg.export.artifact import load_artifact, write_artifact
 from medseg.models.unet import build_unet
-from medseg.stages.export import script_model, weights_sha256
+from medseg.export.artifact import script_model, weights_sha256
 
 MODEL = {"spatial_dims": 3, "channels": [4, 8, 16], "strides": [2, 2], "num_res_units": 1,
          "norm": "instance", "dropout": 0.0}

@@ -16,7 +16,10 @@ loading anything, so a modified or truncated file is refused.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,8 @@ from medseg.data.labels import LabelSpec
 from medseg.data.preprocess import PreprocessSpec
 from medseg.errors import ArtifactError
 from medseg.utils.files import atomic_path, read_json, sha256_file, write_json
+
+log = logging.getLogger(__name__)
 
 FORMAT = "medseg-artifact"
 FORMAT_VERSION = 1
@@ -81,6 +86,24 @@ class Artifact:
     def patch_size(self) -> list[int]:
         """Sliding-window size the model was trained on."""
         return [int(p) for p in self.metadata["input"]["patch_size"]]
+
+
+def weights_sha256(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over parameter names and bytes, in state-dict order."""
+    h = hashlib.sha256()
+    for k, v in state.items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def script_model(model: torch.nn.Module, example: torch.Tensor) -> torch.jit.ScriptModule:
+    """TorchScript via ``torch.jit.script``, falling back to tracing on ``example``."""
+    try:
+        return torch.jit.script(model)
+    except Exception as e:  # some MONAI versions are not scriptable
+        log.warning("torch.jit.script failed (%s); tracing instead", e)
+        return torch.jit.trace(model, example, check_trace=False)
 
 
 def write_artifact(out_dir: Path, scripted: torch.jit.ScriptModule, metadata: dict[str, Any]) -> Path:

@@ -1,23 +1,27 @@
 """Whole-case prediction: preprocess -> sliding window -> restore onto the source grid.
 
 Used by ``evaluate`` (with the trained network) and ``predict`` (with the exported artifact), so
-both score exactly the same computation. Imports neither MONAI nor Hydra.
+both score exactly the same computation; :func:`medseg.inference.build.build_predictor` builds it
+from either. Imports neither MONAI nor Hydra.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
+from medseg.config import InferenceConfig, choice
 from medseg.data.preprocess import PreprocessSpec, preprocess, restore
+from medseg.errors import DataError
 from medseg.inference.sliding_window import Network, flip_sets, sliding_window_probs
 from medseg.inference.targets import Target
-from medseg.errors import DataError
+from medseg.models.memory import inference_window_bytes
 
 
 @dataclass
@@ -42,33 +46,41 @@ class CasePredictor:
         spec: preprocessing the network was trained with.
         patch_size: sliding-window size.
         target: what the network outputs (label-wise softmax or region-wise sigmoid).
-        overlap: window overlap fraction.
-        batch_size: windows per network call.
-        tta_axes: spatial axes to mirror for test-time augmentation (all subsets are used).
-        min_component_ml: remove connected tumour components smaller than this (ml); 0 keeps all.
-        max_memory_gb: refuse a case whose estimated peak RSS exceeds this (``None``: no cap).
+        inference: overlap, windows per call (``sw_batch_size``), test-time flips, memory cap and
+            stitching dtype; ``None``: the defaults of :class:`~medseg.config.InferenceConfig`.
+            ``device``, ``threads`` and ``precision`` are the network's business (see
+            :func:`~medseg.inference.build.build_predictor`).
+        min_component_ml: remove connected tumour components smaller than this (ml; 0 keeps all);
+            ``None``: ``inference.min_component_ml`` (``None`` there too: keep all).
         model_cfg: the network's config (channels, strides) for the activation-memory estimate.
-        stitch_dtype: dtype of the probability accumulator (``float32``, ``float16``, ``bfloat16``).
+
+    Example:
+        >>> from medseg.data.labels import LabelSpec
+        >>> pred = CasePredictor(lambda x: x[:, :1].repeat(1, 4, 1, 1, 1),
+        ...                      PreprocessSpec(channels=("t1",), target_spacing=(1.0, 1.0, 1.0)),
+        ...                      (16, 16, 16), Target("labels", LabelSpec()))
+        >>> pred.overlap, pred.batch_size
+        (0.5, 2)
     """
 
     def __init__(self, net: Network | Sequence[Network], spec: PreprocessSpec, patch_size: Sequence[int],
-                 target: Target, overlap: float = 0.5, batch_size: int = 2, tta_axes: Sequence[int] = (),
-                 min_component_ml: float = 0.0, max_memory_gb: float | None = None,
-                 model_cfg: dict | None = None, stitch_dtype: str = "float32") -> None:
+                 target: Target, inference: InferenceConfig | None = None, *,
+                 min_component_ml: float | None = None, model_cfg: Mapping[str, Any] | None = None) -> None:
+        inference = InferenceConfig() if inference is None else inference
         self.nets = list(net) if isinstance(net, Sequence) else [net]
         self.spec = spec
         self.patch_size = tuple(int(p) for p in patch_size)
         self.target = target
-        self.overlap = float(overlap)
-        self.batch_size = int(batch_size)
-        self.flips = flip_sets(tta_axes)
-        self.min_component_ml = float(min_component_ml)
-        self.max_memory_gb = None if max_memory_gb is None else float(max_memory_gb)
-        if stitch_dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"stitch dtype must be float32, float16 or bfloat16, got {stitch_dtype!r}")
-        self.stitch_dtype = getattr(torch, stitch_dtype)
-        self.window_bytes = window_activation_bytes(model_cfg, self.patch_size, self.batch_size,
-                                                    len(spec.channels), target.channels)
+        self.overlap = float(inference.overlap)
+        self.batch_size = int(inference.sw_batch_size)
+        self.flips = flip_sets(list(inference.tta_flips))
+        if min_component_ml is None:
+            min_component_ml = inference.min_component_ml
+        self.min_component_ml = float(min_component_ml or 0.0)
+        self.max_memory_gb = None if inference.max_memory_gb is None else float(inference.max_memory_gb)
+        self.stitch_dtype = getattr(torch, choice(inference.stitch_dtype))
+        self.window_bytes = inference_window_bytes(self.patch_size, model_cfg, len(spec.channels),
+                                                   target.channels, self.batch_size)
 
     def estimate_bytes(self, image_shape: Sequence[int], affine: np.ndarray) -> int:
         """Upper estimate of the memory one case adds on top of its loaded image (bytes).
@@ -76,8 +88,8 @@ class CasePredictor:
         Terms: the reoriented copy and non-zero mask of the image, the resampled image on the model
         grid (without the foreground crop, so an upper bound) with its interpolation temporaries,
         the per-class probability accumulator and normaliser, one batch of windows with its network
-        activations, and the probabilities resampled back onto the native grid with the label map.
-        ``bench/infer.py`` compares it with measured peaks.
+        activations (:func:`medseg.models.memory.inference_window_bytes`), and the probabilities
+        resampled back onto the native grid with the label map.
         """
         c, native = int(image_shape[0]), int(np.prod(image_shape[1:]))
         spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
@@ -101,20 +113,23 @@ class CasePredictor:
                                   f"> the memory cap inference.max_memory_gb={self.max_memory_gb:g}; raise the cap or "
                                   f"lower inference.sw_batch_size")
 
+    def probabilities(self, image: torch.Tensor) -> torch.Tensor:
+        """``(K, *spatial)`` probabilities of a preprocessed ``(C, *spatial)`` image, averaged over
+        the networks."""
+        probs = None
+        for net in self.nets:
+            p = sliding_window_probs(net, image, self.patch_size, self.target.channels, overlap=self.overlap,
+                                     batch_size=self.batch_size, tta_flips=self.flips,
+                                     activation=self.target.activation, stitch_dtype=self.stitch_dtype)
+            probs = p if probs is None else probs.add_(p)
+        return probs / len(self.nets) if len(self.nets) > 1 else probs
+
     def __call__(self, image: np.ndarray, affine: np.ndarray, name: str = "<case>") -> CasePrediction:
         """Predict one case given its ``(C, X, Y, Z)`` image and voxel -> RAS affine."""
         start = time.perf_counter()
         self.check_memory(image, affine, name)
         pre, _, geom = preprocess(image, affine, self.spec, name=name)
-        x = torch.from_numpy(pre)
-        probs = sliding_window_probs(self.nets[0], x, self.patch_size, self.target.channels, overlap=self.overlap,
-                                     batch_size=self.batch_size, tta_flips=self.flips,
-                                     activation=self.target.activation, stitch_dtype=self.stitch_dtype)
-        for net in self.nets[1:]:
-            probs += sliding_window_probs(net, x, self.patch_size, self.target.channels, overlap=self.overlap,
-                                          batch_size=self.batch_size, tta_flips=self.flips,
-                                          activation=self.target.activation, stitch_dtype=self.stitch_dtype)
-        probs /= len(self.nets)
+        probs = self.probabilities(torch.from_numpy(pre))
         max_fg = self.target.foreground_score(probs)
         label = restore(probs, geom, self.target.decode)
         if self.min_component_ml > 0:
@@ -130,24 +145,6 @@ def current_rss_bytes() -> int:
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
-
-
-def window_activation_bytes(model_cfg: dict | None, patch: Sequence[int], batch: int, in_channels: int,
-                            out_channels: int) -> int:
-    """Estimated activation memory of one batch of windows through the U-Net at inference: every
-    level's feature maps (kept for the skip connections) times three (convolution, norm and ReLU
-    outputs alive at once), input and output included."""
-    vox = int(np.prod(patch))
-    if not model_cfg:
-        return batch * vox * 4 * (in_channels + out_channels) * 8
-    channels = [int(c) for c in model_cfg.get("channels", [])]
-    strides = [int(s) for s in model_cfg.get("strides", [])]
-    total, scale = 0, 1
-    for i, ch in enumerate(channels):
-        total += ch * max(1, vox // scale) * 3 * (2 if i < len(channels) - 1 else 1)  # encoder + decoder
-        if i < len(strides):
-            scale *= strides[i] ** (3 if int(model_cfg.get("spatial_dims", 3)) == 3 else 2)
-    return batch * 4 * (total + vox * (in_channels + out_channels))
 
 
 def remove_small_components(label: np.ndarray, spacing: Sequence[float], min_ml: float) -> np.ndarray:

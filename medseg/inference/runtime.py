@@ -1,9 +1,9 @@
 """Batch prediction from an exported artifact, without Hydra or MONAI.
 
 This is the runtime half of ``medseg predict`` and of the ``medseg-predict`` command
-(:mod:`medseg.inference.cli`, the Docker image's default). It needs only the runtime dependencies — numpy, scipy, nibabel, pydicom, torch (or, for the
-ONNX Runtime backend, onnxruntime as well) — and imports neither Hydra/OmegaConf nor MONAI (a test
-checks that). Inputs: a folder of 4D channel-last NIfTI files (``*.nii.gz``), a ``.txt`` list of
+(:mod:`medseg.inference.cli`, the Docker image's default). It needs only the runtime dependencies
+— numpy, scipy, nibabel, pydicom, torch (or, for the ONNX Runtime backend, onnxruntime as well) —
+and imports neither Hydra/OmegaConf nor MONAI (a test checks that). Inputs: a folder of 4D channel-last NIfTI files (``*.nii.gz``), a ``.txt`` list of
 paths, or one file. Outputs in OUTPUT: ``<case>.nii.gz`` on each input's grid and
 ``predictions.json`` (per-case status, seconds, peak RSS). Finished cases are skipped on a rerun; a
 bad case is reported and skipped, and the exit status is 2 if any case failed (0 otherwise).
@@ -20,13 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
+from medseg.config import parse_shard
 from medseg.data.io.nifti import read_header, read_nifti, write_nifti
-from medseg.inference.predictor import CasePredictor, pick_device
-from medseg.inference.targets import Target
-from medseg.errors import ArtifactError, ConfigError, DataError, MedsegError, PartialFailure
-from medseg.export.artifact import Artifact, load_artifact
+from medseg.errors import ConfigError, DataError, MedsegError, PartialFailure
+from medseg.export.artifact import Artifact
+from medseg.inference.predictor import CasePredictor
 from medseg.utils.files import write_json
 
 log = logging.getLogger(__name__)
@@ -45,55 +44,21 @@ class InputCase:
     dicom_series: tuple[Path, ...] = ()
 
 
-def parse_shard(shard: str | None) -> tuple[int, int] | None:
-    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``; ``None`` for no sharding."""
-    if shard in (None, "", "null"):
-        return None
+def shard_items(items: list[InputCase], shard: str | None) -> list[InputCase]:
+    """The items of one shard ``"i/n"`` (:func:`medseg.config.parse_shard`): every n-th case of the
+    name-sorted list, starting at i; all items for ``None``.
+
+    Raises:
+        ConfigError: ``shard`` is not ``i/n`` with ``0 <= i < n``.
+    """
     try:
-        i, n = (int(x) for x in str(shard).split("/"))
+        parsed = parse_shard(shard)
     except ValueError as e:
-        raise ConfigError(f"predict.shard={shard!r} must look like i/n, e.g. 0/4") from e
-    if n < 1 or not 0 <= i < n:
-        raise ConfigError(f"predict.shard={shard!r}: need 0 <= i < n")
-    return i, n
-
-
-def shard_items(items: list[InputCase], shard: tuple[int, int] | None) -> list[InputCase]:
-    """The items of one shard: every n-th case of the name-sorted list, starting at i."""
-    if shard is None:
+        raise ConfigError(str(e)) from e
+    if parsed is None:
         return items
-    i, n = shard
+    i, n = parsed
     return sorted(items, key=lambda c: c.name)[i::n]
-
-
-def predictor_from_artifact(art: Artifact, inf_cfg: dict[str, Any], ensemble: Sequence[Artifact] = (),
-                            backend: str = "torch") -> CasePredictor:
-    """A :class:`CasePredictor` running the artifact's network with ``backend`` (averaged with the
-    ``ensemble`` artifacts, which must take the same input and give the same output)."""
-    if inf_cfg.get("threads"):
-        torch.set_num_threads(int(inf_cfg["threads"]))
-    device = pick_device(str(inf_cfg.get("device", "auto")))
-    for other in ensemble:
-        for key in ("input", "output"):
-            if {k: v for k, v in other.metadata[key].items() if k != "patch_size"} != \
-                    {k: v for k, v in art.metadata[key].items() if k != "patch_size"}:
-                raise ArtifactError(f"{other.path}: its {key} differs from {art.path}'s; "
-                                    f"only models with the same preprocessing and outputs can be ensembled")
-    nets = [a.network(backend, device, inf_cfg.get("threads"), str(inf_cfg.get("precision", "fp32")))
-            for a in (art, *ensemble)]
-    return CasePredictor(nets, art.spec, art.patch_size,
-                         Target.from_json(art.metadata["output"]), overlap=float(inf_cfg.get("overlap", 0.5)),
-                         batch_size=int(inf_cfg.get("sw_batch_size", 2)), tta_axes=inf_cfg.get("tta_flips") or [],
-                         min_component_ml=_min_component(art, inf_cfg),
-                         max_memory_gb=inf_cfg.get("max_memory_gb"), model_cfg=art.metadata.get("network"),
-                         stitch_dtype=str(inf_cfg.get("stitch_dtype", "float32")))
-
-
-def _min_component(art: Artifact, inf_cfg: dict[str, Any]) -> float:
-    """The configured minimum component size, else the one recorded in the artifact."""
-    if inf_cfg.get("min_component_ml") is not None:
-        return float(inf_cfg["min_component_ml"])
-    return float(art.metadata.get("postprocessing", {}).get("min_component_ml", 0.0))
 
 
 def case_name(path: Path) -> str:
@@ -132,55 +97,78 @@ def file_inputs(inputs: Path, pattern: str, n_channels: int) -> list[InputCase]:
     return [InputCase(case_name(f), f, loader(f)) for f in files]
 
 
-def _want_seg(mode: str, dicom_input: bool) -> bool:
-    """Whether to write DICOM SEG objects (``auto``: when highdicom is installed)."""
-    mode = str(mode).lower()
-    if mode not in ("auto", "true", "false"):
-        raise ConfigError(f"predict.dicom_seg={mode!r} is not known; valid: auto, true, false")
-    if mode == "false" or not dicom_input:
+def want_dicom_seg(dicom_seg: bool | None, dicom_input: bool) -> bool:
+    """Whether to write DICOM SEG objects: only for DICOM inputs; ``predict.dicom_seg=None`` (auto)
+    when highdicom is installed."""
+    if not dicom_input or dicom_seg is False:
         return False
-    if mode == "true":
+    if dicom_seg:
         return True
     if importlib.util.find_spec("highdicom") is None:
-        log.warning("predict.dicom_seg=auto: highdicom is not installed, no DICOM SEG written")
+        log.warning("predict.dicom_seg unset: highdicom is not installed, no DICOM SEG written")
         return False
     return True
 
 
+def predict_case(item: InputCase, predictor: CasePredictor, art: Artifact, out_dir: Path, seg: bool
+                 ) -> dict[str, Any]:
+    """Predict one case and write ``<case>.nii.gz`` (and its DICOM SEG when ``seg``); its record
+    for ``predictions.json``.
+
+    Raises:
+        MedsegError: the case cannot be read or predicted.
+    """
+    out = out_dir / f"{item.name}.nii.gz"
+    image, affine, like = item.load()
+    pred = predictor(image, affine, name=str(item.path))
+    record: dict[str, Any] = {"case": item.name, "status": "ok", "output": str(out)}
+    if seg and item.dicom_series:
+        from medseg.data.io.dicom_seg import write_dicom_seg
+
+        version = str(art.metadata.get("versions", {}).get("medseg", ""))
+        record["dicom_seg"] = str(write_dicom_seg(out_dir / f"{item.name}.seg.dcm", pred.label, item.dicom_series,
+                                                  art.labels.labels, version=version,
+                                                  algorithm_version=str(art.metadata.get("weights_sha256", "")),
+                                                  model_name=str(art.metadata.get("name", ""))))
+    write_nifti(out, pred.label, affine, like=like)  # last: its presence marks the case done
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    log.info("predict %s: %.1f s", item.name, pred.seconds)
+    return {**record, "seconds": round(pred.seconds, 3), "peak_rss_mb": round(peak_mb, 1),
+            "max_foreground_prob": pred.max_foreground_prob, "foreground_voxels": int((pred.label > 0).sum())}
+
+
 def run_batch(items: Sequence[InputCase], predictor: CasePredictor, art: Artifact, out_dir: Path, *,
-              skip_existing: bool = True, dicom_seg: str = "auto", extra: dict[str, Any] | None = None
+              skip_existing: bool = True, dicom_seg: bool | None = None, extra: dict[str, Any] | None = None
               ) -> dict[str, Any]:
-    """Predict every case, isolating failures; write ``predictions.json``; raise
-    :class:`PartialFailure` at the end if any case failed."""
+    """Predict every case, isolating failures; write ``predictions.json``.
+
+    Args:
+        items: the cases.
+        predictor: built by :func:`medseg.inference.build.build_predictor`.
+        art: the artifact (recorded in the summary; labels of DICOM SEG objects).
+        out_dir: output folder.
+        skip_existing: skip cases whose ``<case>.nii.gz`` exists (a rerun resumes).
+        dicom_seg: write DICOM SEG objects for DICOM inputs (``None``: when highdicom is installed).
+        extra: more items for the summary.
+
+    Returns:
+        The summary without the per-case list.
+
+    Raises:
+        PartialFailure: at the end, if any case failed (the others keep their outputs).
+    """
     results = []
-    seg = _want_seg(dicom_seg, any(c.dicom_series for c in items))
+    seg = want_dicom_seg(dicom_seg, any(c.dicom_series for c in items))
     for item in items:
         out = out_dir / f"{item.name}.nii.gz"
         if skip_existing and out.exists():
             results.append({"case": item.name, "status": "skipped (output exists)", "output": str(out)})
             continue
         try:
-            image, affine, like = item.load()
-            pred = predictor(image, affine, name=str(item.path))
-            record: dict[str, Any] = {}
-            if seg and item.dicom_series:
-                from medseg.data.io.dicom_seg import write_dicom_seg
-
-                seg_path = write_dicom_seg(out_dir / f"{item.name}.seg.dcm", pred.label, item.dicom_series,
-                                           art.labels.labels, version=str(art.metadata.get("versions", {})
-                                                                             .get("medseg", "")))
-                record["dicom_seg"] = str(seg_path)
-            write_nifti(out, pred.label, affine, like=like)  # last: its presence marks the case done
+            results.append(predict_case(item, predictor, art, out_dir, seg))
         except MedsegError as e:
             log.error("predict %s failed: %s", item.name, e)
             results.append({"case": item.name, "status": "failed", "error": str(e)})
-            continue
-        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        results.append({"case": item.name, "status": "ok", "output": str(out), **record,
-                        "seconds": round(pred.seconds, 3), "peak_rss_mb": round(peak_mb, 1),
-                        "max_foreground_prob": pred.max_foreground_prob,
-                        "foreground_voxels": int((pred.label > 0).sum())})
-        log.info("predict %s: %.1f s", item.name, pred.seconds)
     failed = [r for r in results if r["status"] == "failed"]
     summary = {"artifact": str(art.path), **(extra or {}), "cases": results,
                "n_ok": sum(r["status"] == "ok" for r in results), "n_failed": len(failed),

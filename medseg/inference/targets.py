@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -92,3 +93,10 @@ class Target:
     def from_json(cls, obj: Mapping) -> Target:
         """Inverse of :meth:`to_json`; older artifacts without ``mode`` are label-wise."""
         return cls(mode=str(obj.get("mode", "labels")), labels=LabelSpec.from_json(obj))
+
+    @classmethod
+    def from_checkpoint(cls, meta: Any) -> Target:
+        """The target a checkpoint was trained for, from its metadata (a
+        :class:`~medseg.models.checkpoint.CheckpointMeta`); label-wise with the plan's labels for
+        checkpoints that do not record one."""
+        return cls.from_json(meta.target or meta.plan["labels"])

@@ -64,3 +64,34 @@ def case_level(calls: Sequence[bool], truths: Sequence[bool]) -> dict[str, float
     return {"sensitivity": tp / (tp + fn) if tp + fn else None,
             "specificity": tn / (tn + fp) if tn + fp else None,
             "tp": tp, "fp": fp, "fn": fn, "tn": tn}
+
+
+def detection_summary(detections: Sequence[Mapping[str, Any]], per_case: Sequence[Mapping[str, Any]],
+                      regions: Mapping[str, Sequence[int]], min_ml: float) -> dict[str, Any]:
+    """``detections.json``: per-case lesions with boxes, and case- and lesion-level detection rates.
+
+    Args:
+        detections: per case, :func:`detect` of the prediction plus ``case``,
+            ``max_foreground_prob`` (or ``None``) and ``reference_tumour_present``.
+        per_case: the scored cases' metrics (:func:`medseg.metrics.case.case_metrics`), whose
+            lesion counts of the first region give the lesion-level rates.
+        regions: region name -> internal codes; the first region is the tumour.
+        min_ml: predicted volume from which a case is called tumour-positive.
+    """
+    truths = [d["reference_tumour_present"] for d in detections]
+    first = next(iter(regions))
+    tp, fp, fn = (sum(c[first].get(f"lesion_{k}", 0) for c in per_case) for k in ("tp", "fp", "fn"))
+    probs = [d["max_foreground_prob"] for d in detections]
+    return {
+        "convention": {"tumour": f"region {first} {list(regions[first])}",
+                       "tumour_present": f"predicted tumour volume >= {min_ml:g} ml",
+                       "bbox_mm": "RAS world mm of the extreme voxel centres [[R, A, S] min, [R, A, S] max]",
+                       "lesions": "26-connected components of the predicted tumour, largest first"},
+        "case_level": {**case_level([d["tumour_present"] for d in detections], truths),
+                       "roc_auc_volume": roc_auc([d["tumour_volume_ml"] for d in detections], truths),
+                       "roc_auc_max_probability": (roc_auc(probs, truths) if all(p is not None for p in probs)
+                                                   else None)},
+        "lesion_level": {"tp": tp, "fp": fp, "fn": fn, "precision": tp / (tp + fp) if tp + fp else None,
+                         "recall": tp / (tp + fn) if tp + fn else None},
+        "cases": list(detections),
+    }

@@ -1,9 +1,10 @@
-"""Scoring label maps that another tool wrote: folders of predictions and references.
+"""Folders of label maps: predictions (another tool's, or ``evaluate``'s own) and references.
 
 ``medseg evaluate evaluate.predictions=PRED evaluate.references=REF`` scores any folder of
 predicted label maps (nnU-Net's output folder, a MONAI bundle's, a colleague's) against a folder
-of references with medseg's metrics. Cases are matched by name: the file name without ``.nii.gz``
-/ ``.nii`` (and, for images only, without nnU-Net's ``_0000`` channel suffix).
+of references with medseg's metrics; ``evaluate`` with a checkpoint scores its own ``predictions/``
+folder the same way (:mod:`medseg.metrics.scoring`). Cases are matched by name: the file name
+without ``.nii.gz`` / ``.nii`` (and, for images only, without nnU-Net's ``_0000`` channel suffix).
 
 Every prediction is checked against its reference before scoring: readable NIfTI, integer
 labels only, label values defined by the folder's label coding, and the same voxel grid (shape
@@ -13,7 +14,6 @@ the file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +34,13 @@ def case_name(path: Path) -> str | None:
     return None
 
 
-def list_cases(folder: Path, what: str) -> dict[str, Path]:
-    """Case name -> file for every NIfTI file directly in ``folder``."""
+def list_cases(folder: Path, what: str, allow_empty: bool = False) -> dict[str, Path]:
+    """Case name -> file for every NIfTI file directly in ``folder``.
+
+    Raises:
+        DataError: the folder does not exist, holds no NIfTI file (unless ``allow_empty``) or holds
+            two files of one case.
+    """
     if not folder.is_dir():
         raise DataError(folder, f"the {what} folder does not exist")
     out: dict[str, Path] = {}
@@ -46,28 +51,9 @@ def list_cases(folder: Path, what: str) -> dict[str, Path]:
         if name in out:
             raise DataError(p, f"case {name!r} appears twice in the {what} folder ({out[name].name}, {p.name})")
         out[name] = p
-    if not out:
+    if not out and not allow_empty:
         raise DataError(folder, f"the {what} folder holds no .nii.gz / .nii files")
     return out
-
-
-@dataclass
-class Matched:
-    """The outcome of matching a prediction folder to a reference folder."""
-
-    pairs: dict[str, tuple[Path, Path]]  # case -> (prediction, reference)
-    references: dict[str, Path]  # every reference case -> file
-    missing: list[str]  # references without a prediction
-    unmatched: list[str]  # predictions without a reference (cannot be scored)
-
-
-def match_folders(predictions: Path, references: Path) -> Matched:
-    """Pair the files of two folders by case name."""
-    preds = list_cases(predictions, "predictions")
-    refs = list_cases(references, "references")
-    return Matched(pairs={n: (preds[n], refs[n]) for n in refs if n in preds}, references=refs,
-                   missing=[n for n in refs if n not in preds],
-                   unmatched=[n for n in preds if n not in refs])
 
 
 def image_for(images: Path | None, name: str) -> list[Path]:
@@ -108,10 +94,8 @@ def check_same_grid(name: str, pred_path: Path, pred: np.ndarray, pred_affine: n
                                    f"{diff:.4g} mm (predictions must be on the reference grid)")
 
 
-def load_pair(name: str, pred_path: Path, ref_path: Path, convention: str
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(prediction, reference, affine)`` in internal codes, checked to share one grid."""
-    ref, ref_affine = read_label_map(ref_path, convention)
-    pred, pred_affine = read_label_map(pred_path, convention)
-    check_same_grid(name, pred_path, pred, pred_affine, ref, ref_affine)
-    return pred, ref, ref_affine
+def read_prediction(name: str, path: Path, convention: str, ref: np.ndarray, ref_affine: np.ndarray) -> np.ndarray:
+    """A predicted label map in internal codes, checked to lie on its reference's grid."""
+    pred, pred_affine = read_label_map(path, convention)
+    check_same_grid(name, path, pred, pred_affine, ref, ref_affine)
+    return pred

@@ -11,6 +11,7 @@ table; provenance (config, commit, data fingerprint, model hash, library version
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -18,8 +19,13 @@ from typing import Any
 
 import numpy as np
 
+from medseg.errors import MedsegError
+from medseg.metrics.external import read_prediction
+from medseg.metrics.references import Reference
+from medseg.metrics.scoring import Evaluation
 from medseg.report.figures import bland_altman, box_strip, outline_montage, roc_figure
 from medseg.report.render import Page, fmt
+from medseg.utils.files import atomic_path, write_json
 
 #: ``(caption, image, reference mask, predicted mask)`` rows and the affine, for one case.
 MontageLoader = Callable[[str], tuple[list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], np.ndarray]]
@@ -89,57 +95,74 @@ def write_evaluation_report(out_dir: Path, *, title: str, summary: Mapping[str, 
     if failed:
         page.paragraph(f"{len(failed)} case(s) failed and are scored as described under 'Failed cases': "
                        + ", ".join(r["case"] for r in failed), note=True)
+    _summary_section(page, summary, scored, region_names, nsd_mm)
+    if scored:
+        _distribution_section(page, summary, scored, region_names, figdir)
+    _detection_section(page, detection, figdir)
+    if montage is not None and n_figures > 0 and scored:
+        _case_figures_section(page, scored, region_names, montage, n_figures, figdir)
+    if failed:
+        page.heading("Failed cases")
+        page.table(["case", "reason", "scored as"],
+                   [[r["case"], r.get("reason", ""), r.get("scored_as", "not scored")] for r in failed])
+    _per_case_section(page, records, region_names, detection)
+    page.heading("Provenance")
+    page.table(["item", "value"], [[k, _flat(v)] for k, v in provenance.items()])
+    page.preformatted("Resolved configuration", config_yaml)
+    return page.write("report")
 
+
+def _summary_section(page: Page, summary: Mapping[str, Any], scored: Sequence[Mapping[str, Any]],
+                     region_names: Sequence[str], nsd_mm: float) -> None:
     page.heading("Summary")
     header, rows = summary_table(summary, nsd_mm)
     page.table(header, rows, cls="compact")
     lesion_rows = [[r, fmt(summary[r]["lesion_dice"]["mean"]), fmt(summary[r]["lesion_hd95"]["mean"], 1),
-                    str(int(sum(c["metrics"][r]["lesion_tp"] for c in scored))),
-                    str(int(sum(c["metrics"][r]["lesion_fp"] for c in scored))),
-                    str(int(sum(c["metrics"][r]["lesion_fn"] for c in scored))),
+                    *[str(int(sum(c["metrics"][r][f"lesion_{k}"] for c in scored))) for k in ("tp", "fp", "fn")],
                     fmt(summary[r]["lesion_f1"]["mean"])]
                    for r in region_names if "lesion_dice" in summary.get(r, {})]
     if lesion_rows:
         page.heading("Lesion-wise (BraTS 2023 rules)", 3)
         page.table(["region", "lesion Dice", "lesion HD95 mm", "TP", "FP", "FN", "detection F1"], lesion_rows)
 
-    if scored:
-        page.heading("Distributions")
-        structures = list(summary)
-        page.figure("Dice per structure (box: quartiles; dots: cases)",
-                    box_strip({s: [c["metrics"][s]["dice"] for c in scored] for s in structures}, "Dice",
-                              figdir / "dice.png"))
-        page.figure("HD95 per structure (mm)",
-                    box_strip({s: [c["metrics"][s]["hd95"] for c in scored] for s in structures}, "HD95 (mm)",
-                              figdir / "hd95.png", lower_is_better=True))
-        page.figure("Volume agreement (Bland–Altman): predicted − reference against their mean",
-                    bland_altman({r: ([c["metrics"][r]["volume_pred_ml"] for c in scored],
-                                      [c["metrics"][r]["volume_ref_ml"] for c in scored]) for r in region_names},
-                                 figdir / "bland_altman.png"))
 
-    _detection_section(page, detection, figdir)
+def _distribution_section(page: Page, summary: Mapping[str, Any], scored: Sequence[Mapping[str, Any]],
+                          region_names: Sequence[str], figdir: Path) -> None:
+    page.heading("Distributions")
+    structures = list(summary)
+    page.figure("Dice per structure (box: quartiles; dots: cases)",
+                box_strip({s: [c["metrics"][s]["dice"] for c in scored] for s in structures}, "Dice",
+                          figdir / "dice.png"))
+    page.figure("HD95 per structure (mm)",
+                box_strip({s: [c["metrics"][s]["hd95"] for c in scored] for s in structures}, "HD95 (mm)",
+                          figdir / "hd95.png", lower_is_better=True))
+    page.figure("Volume agreement (Bland–Altman): predicted − reference against their mean",
+                bland_altman({r: ([c["metrics"][r]["volume_pred_ml"] for c in scored],
+                                  [c["metrics"][r]["volume_ref_ml"] for c in scored]) for r in region_names},
+                             figdir / "bland_altman.png"))
 
+
+def _case_figures_section(page: Page, scored: Sequence[Mapping[str, Any]], region_names: Sequence[str],
+                          montage: MontageLoader, n_figures: int, figdir: Path) -> None:
+    """Montages of the worst and of the best ``n_figures`` cases."""
     ranked = sorted(scored, key=lambda c: case_score(c, region_names))
-    if montage is not None and n_figures > 0 and ranked:
-        worst = ranked[:n_figures]
-        best = [c for c in ranked[::-1][:n_figures] if c not in worst]
-        for heading, group in ((f"Worst {len(worst)} cases", worst), (f"Best {len(best)} cases", best)):
-            if not group:
-                continue
-            page.heading(heading)
-            for c in group:
-                rows_, affine = montage(c["case"])
-                dice_text = ", ".join(f"{r} {fmt(c['metrics'][r]['dice'])}" for r in region_names)
-                shown = "; ".join(r[0] for r in rows_)
-                page.figure(f"{c['case']} — Dice {dice_text} — outlines: {shown}",
-                            outline_montage(rows_, affine, f"{c['case']}: mean Dice {case_score(c, region_names):.3f}",
-                                            figdir / f"case_{c['case']}.png"))
+    worst = ranked[:n_figures]
+    best = [c for c in ranked[::-1][:n_figures] if c not in worst]
+    for heading, group in ((f"Worst {len(worst)} cases", worst), (f"Best {len(best)} cases", best)):
+        if not group:
+            continue
+        page.heading(heading)
+        for c in group:
+            rows_, affine = montage(c["case"])
+            dice_text = ", ".join(f"{r} {fmt(c['metrics'][r]['dice'])}" for r in region_names)
+            shown = "; ".join(r[0] for r in rows_)
+            page.figure(f"{c['case']} — Dice {dice_text} — outlines: {shown}",
+                        outline_montage(rows_, affine, f"{c['case']}: mean Dice {case_score(c, region_names):.3f}",
+                                        figdir / f"case_{c['case']}.png"))
 
-    if failed:
-        page.heading("Failed cases")
-        page.table(["case", "reason", "scored as"],
-                   [[r["case"], r.get("reason", ""), r.get("scored_as", "not scored")] for r in failed])
 
+def _per_case_section(page: Page, records: Sequence[Mapping[str, Any]], region_names: Sequence[str],
+                      detection: Mapping[str, Any]) -> None:
     page.heading("Per case (click a heading to sort)")
     case_header = ["case", "status", *[f"{r} Dice" for r in region_names], *[f"{r} HD95" for r in region_names],
                    f"{region_names[0]} ref ml", f"{region_names[0]} pred ml", "lesions found", "seconds"]
@@ -156,11 +179,6 @@ def write_evaluation_report(out_dir: Path, *, title: str, summary: Mapping[str, 
                           str(det.get("n_lesions", "–")), fmt(c.get("seconds"), 1)])
         classes.append("failed" if c.get("status") != "ok" else "")
     page.table(case_header, case_rows, sortable=True, row_classes=classes, scroll=True)
-
-    page.heading("Provenance")
-    page.table(["item", "value"], [[k, _flat(v)] for k, v in provenance.items()])
-    page.preformatted("Resolved configuration", config_yaml)
-    return page.write("report")
 
 
 def _detection_section(page: Page, detection: Mapping[str, Any], figdir: Path) -> None:
@@ -205,3 +223,44 @@ def _flat(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return str(v)
+
+
+def write_evaluation(out_dir: Path, evaluation: Evaluation, *, config_yaml: str, montage: MontageLoader | None,
+                     n_figures: int) -> None:
+    """Write everything ``evaluate`` leaves: ``metrics.json``, ``detections.json``, ``metrics.csv``,
+    ``report.md``, ``report.html`` and ``figures/``."""
+    write_json(out_dir / "metrics.json", evaluation.metrics)
+    write_json(out_dir / "detections.json", evaluation.detection)
+    write_csv(out_dir / "metrics.csv", evaluation.csv_rows())
+    metrics = evaluation.metrics
+    write_evaluation_report(out_dir, title="medseg evaluation report", summary=metrics["summary"],
+                            records=evaluation.records, regions=evaluation.labels.regions,
+                            detection=evaluation.detection, conventions=evaluation.report_conventions,
+                            provenance=metrics["provenance"], config_yaml=config_yaml, montage=montage,
+                            n_figures=n_figures, nsd_mm=evaluation.nsd_mm)
+
+
+def montage_loader(references: Mapping[str, Reference], files: Mapping[str, Path], convention: str,
+                   regions: Mapping[str, Sequence[int]]) -> MontageLoader:
+    """Montage rows of a scored case: its reference (with the image, when there is one) and its
+    prediction file (empty when it is missing or was refused, as it was scored)."""
+
+    def montage(name: str) -> tuple[list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], np.ndarray]:
+        ref, affine, image, channels = references[name].case()
+        try:
+            pred = read_prediction(name, files[name], convention, ref, affine)
+        except (KeyError, MedsegError):
+            pred = np.zeros_like(ref)
+        if image is None:
+            image, channels = np.zeros((1, *ref.shape), dtype=np.float32), ["no image"]
+        return montage_rows(image, channels, ref, pred, regions), affine
+
+    return montage
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write dict rows as CSV (header from the first row), atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

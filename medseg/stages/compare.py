@@ -21,6 +21,7 @@ import numpy as np
 from scipy import stats
 
 from medseg.errors import DataError
+from medseg.metrics.aggregate import bootstrap_ci
 from medseg.report.figures import box_strip
 from medseg.report.render import Page, fmt
 from medseg.utils.files import write_json
@@ -58,14 +59,6 @@ def wilcoxon_p(diff: np.ndarray) -> float | None:
     if nonzero.size < 1:
         return None
     return float(stats.wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided").pvalue)
-
-
-def bootstrap_ci(diff: np.ndarray, n_boot: int = 2000, seed: int = 0) -> list[float] | None:
-    if diff.size == 0:
-        return None
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
-    return [float(x) for x in np.percentile(means, [2.5, 97.5])]
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path, out_dir: Path,

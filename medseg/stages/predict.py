@@ -22,34 +22,40 @@ The runtime part lives in :mod:`medseg.inference.runtime`, which the Hydra-free 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig
-
-from medseg.inference.runtime import (InputCase, Loaded, file_inputs, parse_shard, predictor_from_artifact, run_batch,
-                          shard_items)
-from medseg.config import choice
-from medseg.data.sources import CaseRef, make_source
+from medseg.config import Backend, PredictSource, choice
+from medseg.data.sources import CaseRef, build_source
 from medseg.errors import DataError
 from medseg.export.artifact import load_artifact
-from medseg.stages.common import plain, require_path
+from medseg.inference.build import build_predictor
+from medseg.inference.runtime import InputCase, Loaded, file_inputs, run_batch, shard_items
+from medseg.stages.common import require_path
 
 log = logging.getLogger(__name__)
 
 
-def dataset_inputs(cfg: DictConfig, inputs: Path, channels: tuple[str, ...]) -> list[InputCase]:
-    """Cases of a dataset folder read with the ``data`` source settings (any layout, DICOM too)."""
-    from medseg.stages.prepare import source_options
+def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: Sequence[str] = ()
+                   ) -> list[InputCase]:
+    """Cases of a dataset folder read with the ``data`` source settings (any layout, DICOM too).
 
-    kind = choice(cfg.data.source)
-    source = make_source(kind, str(inputs), **source_options(cfg.data))
+    Args:
+        data_cfg: the ``data`` section (source kind and options).
+        inputs: the dataset folder.
+        channels: the channels the model expects, in order.
+        cases: only these cases (empty: all).
+
+    Raises:
+        DataError: the source gives other channels, or some ``cases`` are not in the dataset.
+    """
+    source = build_source(data_cfg, inputs)
     if tuple(source.channels) != tuple(channels):
-        raise DataError(inputs, f"the {kind} source gives channels {list(source.channels)}, "
+        raise DataError(inputs, f"the {choice(data_cfg.source)} source gives channels {list(source.channels)}, "
                                 f"the model expects {list(channels)}")
-    wanted = set(cfg.predict.cases or [])
+    wanted = set(cases)
     refs = [replace(r, label=None) for r in source.cases() if not wanted or r.name in wanted]
     missing = wanted - {r.name for r in refs}
     if missing:
@@ -64,22 +70,40 @@ def dataset_inputs(cfg: DictConfig, inputs: Path, channels: tuple[str, ...]) -> 
     return [InputCase(r.name, r.images[0], loader(r), tuple(r.series[0]) if r.series else ()) for r in refs]
 
 
-def predict_stage(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run the predict stage (see module docstring)."""
-    backend = str(cfg.predict.backend)
-    art = load_artifact(require_path(cfg, "artifact", "predict"), load_module=backend == "torch")
-    ensemble = [load_artifact(p, load_module=backend == "torch") for p in cfg.predict.ensemble]
-    inputs = require_path(cfg, "input", "predict")
-    shard = parse_shard(cfg.predict.shard)
-    if choice(cfg.predict.source) == "data":
-        items = dataset_inputs(cfg, inputs, art.spec.channels)
+def predict(cfg: Any, artifact: Path, inputs: Path, out_dir: Path, cases: list[str] | None = None,
+            source: str | None = None) -> dict[str, Any]:
+    """Run an exported artifact (with ``predict.ensemble``) on the cases of ``inputs``.
+
+    Args:
+        cfg: the config (``predict``; ``data`` for ``source=data``).
+        artifact: the artifact folder.
+        inputs: 4D NIfTI files (a folder, a ``.txt`` list or one file), or a dataset folder.
+        out_dir: where ``<case>.nii.gz`` and ``predictions.json`` go.
+        cases: ``source=data`` only: only these cases (``None``: ``predict.cases``).
+        source: ``files`` or ``data`` (``None``: ``predict.source``).
+
+    Returns:
+        The summary (counts, backend, shard, ensemble).
+
+    Raises:
+        PartialFailure: some cases failed (the others keep their outputs).
+    """
+    pc = cfg.predict
+    backend = choice(pc.backend)
+    torch_module = backend == Backend.torch.value
+    art = load_artifact(artifact, load_module=torch_module)
+    ensemble = [load_artifact(p, load_module=torch_module) for p in pc.ensemble]
+    if choice(source or pc.source) == PredictSource.data.value:
+        items = dataset_inputs(cfg.data, inputs, art.spec.channels, list(pc.cases) if cases is None else cases)
     else:
-        items = file_inputs(inputs, str(cfg.predict.pattern), len(art.spec.channels))
-    items = shard_items(items, shard)
-    predictor = predictor_from_artifact(art, plain(cfg.predict.inference), ensemble, backend)
-    return run_batch(items, predictor, art, out_dir, skip_existing=bool(cfg.predict.skip_existing),
-                     dicom_seg=str(cfg.predict.dicom_seg), extra={"input": str(inputs), "backend": backend,
-                                                                 "shard": cfg.predict.shard,
-                                                                 "ensemble": [str(a.path) for a in ensemble]})
+        items = file_inputs(inputs, str(pc.pattern), len(art.spec.channels))
+    items = shard_items(items, pc.shard)
+    predictor = build_predictor(pc.inference, artifact=art, ensemble=ensemble, backend=backend)
+    return run_batch(items, predictor, art, out_dir, skip_existing=bool(pc.skip_existing), dicom_seg=pc.dicom_seg,
+                     extra={"input": str(inputs), "backend": backend, "shard": pc.shard,
+                            "ensemble": [str(a.path) for a in ensemble]})
 
 
+def predict_stage(cfg: Any, out_dir: Path) -> dict[str, Any]:
+    """Run the predict stage (see module docstring)."""
+    return predict(cfg, require_path(cfg, "artifact", "predict"), require_path(cfg, "input", "predict"), out_dir)
