@@ -73,7 +73,7 @@ log "base image: $BASE_IMAGE"
 if [ -z "${ARTIFACT:-}" ]; then
   log "training a tiny model on built-in data for the image"
   rm -rf "$WORK/run" docker/artifact
-  "$PY" -m medseg.cli run synth.enabled=true synth.n=8 synth.n_test=3 synth.spacing=4.0 \
+  "$PY" -m medseg run synth.enabled=true synth.n=8 synth.n_test=3 synth.spacing=4.0 \
     "data.root=$WORK/data" "paths.cache_dir=$WORK/cache" "hydra.run.dir=$WORK/run" \
     'data.target_spacing=[4.0,4.0,4.0]' 'model.channels=[8,16,32]' 'model.strides=[2,2]' model.num_res_units=0 \
     'train.patch_size=[32,32,32]' train.max_epochs=2 train.iters_per_epoch=4 train.progress=false \

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, TypeVar
 
 #: OmegaConf's marker of a required value (``omegaconf.MISSING``).
 MISSING = "???"
@@ -432,25 +432,37 @@ def parse_shard(shard: str | None) -> tuple[int, int] | None:
     return i, n
 
 
-def to_typed(cfg: Any) -> MedsegConfig:
-    """The composed config as :class:`MedsegConfig` dataclasses (interpolations resolved); a
-    :class:`MedsegConfig` is returned as it is. A value the schema's checks refuse raises
-    :class:`~medseg.errors.ConfigError`."""
-    if isinstance(cfg, MedsegConfig):
-        return cfg
+_Schema = TypeVar("_Schema")
+
+
+def as_schema(node: Any, schema: type[_Schema]) -> _Schema:
+    """A config (or a section of it) as its schema dataclass: an OmegaConf node is converted with
+    ``OmegaConf.to_object`` (interpolations resolved, nothing mutated); an instance of ``schema`` is
+    returned as it is.
+
+    Raises:
+        ConfigError: a value the schema's checks refuse, or a node of another schema.
+    """
+    if isinstance(node, schema):
+        return node
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
     from medseg.errors import ConfigError
 
     try:
-        obj = OmegaConf.to_object(cfg)
+        obj = OmegaConf.to_object(node) if OmegaConf.is_config(node) else node
     except (ValueError, OmegaConfBaseException) as e:
         cause = e.__cause__ if isinstance(e, OmegaConfBaseException) and e.__cause__ else e
         raise ConfigError(" ".join(str(cause).split())) from e
-    if not isinstance(obj, MedsegConfig):
-        raise ConfigError(f"the config is a {type(obj).__name__}, not the medseg schema")
+    if not isinstance(obj, schema):
+        raise ConfigError(f"expected the {schema.__name__} config, got {type(obj).__name__}")
     return obj
+
+
+def to_typed(cfg: Any) -> MedsegConfig:
+    """The composed config as :class:`MedsegConfig` dataclasses (see :func:`as_schema`)."""
+    return as_schema(cfg, MedsegConfig)
 
 
 def to_dictconfig(cfg: MedsegConfig) -> Any:

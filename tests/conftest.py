@@ -12,7 +12,7 @@ import pytest
 from medseg.data.synthetic import SynthConfig, write_msd_dataset
 
 REPO = Path(__file__).resolve().parent.parent
-MEDSEG = [sys.executable, "-m", "medseg.cli"]
+MEDSEG = [sys.executable, "-m", "medseg"]
 
 #: Overrides that make any stage tiny: 4 mm voxels, 32^3 patches, a 3-level U-Net, few iterations.
 TINY = [

@@ -53,7 +53,7 @@ DATA_GROUPS = sorted(p.stem for p in (Path(CONFIG_DIR) / "data").glob("*.yaml"))
 @pytest.mark.parametrize("group", DATA_GROUPS)
 def test_every_data_source_composes_and_builds_its_source(group, tmp_path):
     from medseg.data.sources import SOURCES
-    from medseg.stages.prepare import source_options
+    from medseg.data.sources import source_options
 
     cfg = _compose([f"data={group}", f"data.root={tmp_path}"])
     kind = cfg.data.source.value

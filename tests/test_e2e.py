@@ -130,14 +130,15 @@ def test_ensemble_refuses_models_with_other_outputs(run_dir):
 
     from medseg.errors import ArtifactError
     from medseg.export.artifact import load_artifact
-    from medseg.stages.predict import predictor_from_artifact
+    from medseg.config import Device, InferenceConfig
+    from medseg.inference.build import build_predictor
 
     art = load_artifact(run_dir / "export" / "artifact")
     other = copy.copy(art)
     other.metadata = {**art.metadata, "output": {**art.metadata["output"], "mode": "regions"}}
-    inference = {"overlap": 0.5, "sw_batch_size": 2, "tta_flips": [], "min_component_ml": 0.0, "device": "cpu"}
+    inference = InferenceConfig(min_component_ml=0.0, device=Device.cpu)
     with pytest.raises(ArtifactError, match="its output differs"):
-        predictor_from_artifact(art, inference, [other])
+        build_predictor(inference, artifact=art, ensemble=[other])
 
 
 def test_tampered_artifact_is_refused(run_dir, tiny_dataset, tmp_path):

@@ -11,58 +11,79 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from medseg.config import MedsegConfig, to_typed
 from medseg.errors import ConfigError, MedsegError, PartialFailure
 from medseg.utils.files import to_json, write_json, write_text
 
 log = logging.getLogger(__name__)
 
-StageFn = Callable[[DictConfig, Path], dict[str, Any]]
+#: A stage: ``fn(cfg, out_dir)`` returning its summary dict, or a typed result whose ``summary``
+#: (an attribute or a method) is that dict.
+StageFn = Callable[[MedsegConfig, Path], Any]
 
 #: Files a failed stage keeps in its folder: Hydra's record of the run, the log, and the
 #: verification report of ``prepare`` (complete files that say why the stage failed).
 _KEEP_ON_FAILURE = {".hydra", "verification.json", "verification.txt"}
 
 
-def run_stage(fn: StageFn, cfg: DictConfig) -> dict[str, Any]:
+def run_stage(fn: StageFn, cfg: DictConfig | MedsegConfig) -> dict[str, Any]:
     """Run ``fn(cfg, out_dir)`` in the Hydra output folder and return its summary.
 
-    On a :class:`~medseg.errors.MedsegError` the error is logged as one line, everything the stage
+    The config reaches the stage as :class:`~medseg.config.MedsegConfig` dataclasses. On a
+    :class:`~medseg.errors.MedsegError` the error is logged as one line, everything the stage
     wrote is removed (Hydra's ``.hydra/`` record and the log stay) and the process exits with
     status 2 — no traceback, no partial outputs.
     """
-    out_dir = Path(cfg.paths.output_dir)
-    logging.getLogger("medseg").setLevel(str(cfg.get("log_level", "INFO")).upper())
+    name = _stage_name(fn)
     try:
-        return run_in_dir(fn, cfg, out_dir, clean_dir=False)
+        typed = to_typed(cfg)
+        logging.getLogger("medseg").setLevel(typed.log_level.upper())
+        return run_in_dir(fn, typed, Path(typed.paths.output_dir), clean_dir=False)[1]
     except MedsegError as e:
-        log.error("%s failed: %s", _stage_name(fn), e)
+        log.error("%s failed: %s", name, " ".join(str(e).split()))
         raise SystemExit(2) from None
 
 
-def run_in_dir(fn: StageFn, cfg: DictConfig, out_dir: Path, clean_dir: bool) -> dict[str, Any]:
+def run_in_dir(fn: StageFn, cfg: DictConfig | MedsegConfig, out_dir: Path, clean_dir: bool,
+               name: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Run a stage into ``out_dir``; on a MedsegError remove what it wrote and re-raise.
 
     Args:
-        fn: the stage function.
-        cfg: the full config.
+        fn: the stage function (see :data:`StageFn`).
+        cfg: the full config (converted to :class:`~medseg.config.MedsegConfig`).
         out_dir: stage output folder.
         clean_dir: remove the whole folder on failure (sub-stage folders of ``run``); otherwise
             keep Hydra's ``.hydra/`` and ``*.log`` files.
+        name: the stage's name in its summary (default: from ``fn``).
+
+    Returns:
+        ``(result, summary)``: what ``fn`` returned and the summary written to ``summary.json``
+        (with the stage name and its seconds).
     """
+    typed = to_typed(cfg)
     existed = out_dir.exists()
     before = set(out_dir.iterdir()) if existed else set()
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        summary = fn(cfg, out_dir)
+        result = fn(typed, out_dir)
     except PartialFailure:
         raise  # the cases that finished keep their outputs
     except MedsegError:
         _remove_outputs(out_dir, before, clean_dir and not existed)
         raise
-    summary = {"stage": _stage_name(fn), "seconds": round(time.perf_counter() - start, 3), **summary}
-    write_stage_record(out_dir, cfg, summary)
-    return summary
+    summary = {"stage": name or _stage_name(fn), "seconds": round(time.perf_counter() - start, 3),
+               **summary_of(result)}
+    write_stage_record(out_dir, typed, summary)
+    return result, summary
+
+
+def summary_of(result: Any) -> dict[str, Any]:
+    """The summary dict of a stage's result (a dict, or a typed result with ``summary``)."""
+    if isinstance(result, dict):
+        return result
+    summary = getattr(result, "summary", None)
+    return dict(summary() if callable(summary) else summary)
 
 
 def _remove_outputs(out_dir: Path, before: set[Path], whole: bool) -> None:
@@ -74,19 +95,20 @@ def _remove_outputs(out_dir: Path, before: set[Path], whole: bool) -> None:
         out_dir.rmdir()
 
 
-def write_stage_record(out_dir: Path, cfg: DictConfig, summary: dict[str, Any]) -> None:
+def write_stage_record(out_dir: Path, cfg: MedsegConfig, summary: dict[str, Any]) -> None:
     """Write ``config.yaml`` (resolved) and ``summary.json`` into ``out_dir``."""
-    write_text(out_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+    write_text(out_dir / "config.yaml", OmegaConf.to_yaml(plain(cfg)))
     write_json(out_dir / "summary.json", summary)
 
 
 def _stage_name(fn: Callable) -> str:
-    return getattr(fn, "__name__", "stage").removesuffix("_stage")
+    name = getattr(fn, "__name__", "stage")
+    return name.removesuffix("_stage_all").removesuffix("_stage")
 
 
-def require_path(cfg: DictConfig, key: str, stage: str, must_exist: bool = True) -> Path:
+def require_path(cfg: MedsegConfig, key: str, stage: str, must_exist: bool = True) -> Path:
     """Return ``cfg.paths.<key>`` as a Path, or explain how to pass it."""
-    value = cfg.paths.get(key)
+    value = getattr(cfg.paths, key, None)
     if value in (None, "", "???"):
         raise ConfigError(f"{stage} needs paths.{key}=PATH (the output folder of the stage before it)")
     path = Path(str(value))
