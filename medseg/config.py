@@ -108,6 +108,27 @@ class PredictSource(str, Enum):
     data = "data"
 
 
+class InputLayout(str, Enum):
+    """How ``predict.source=files`` inputs are laid out (see :mod:`medseg.inference.layouts`);
+    ``auto``: told apart by the file names."""
+
+    auto = "auto"
+    nifti4d = "nifti4d"
+    brats2023 = "brats2023"
+    brats2021 = "brats2021"
+    nnunet = "nnunet"
+
+
+class OutputCoding(str, Enum):
+    """Label coding of written label maps; ``auto``: the input convention's (brats2023 for BraTS
+    2023 files, brats2021 for BraTS 2021 folders, else msd)."""
+
+    auto = "auto"
+    msd = "msd"
+    brats2021 = "brats2021"
+    brats2023 = "brats2023"
+
+
 class SynthLayout(str, Enum):
     """Layouts the built-in data generator writes."""
 
@@ -125,6 +146,11 @@ class LabelConvention(str, Enum):
     brats2021 = "brats2021"
     brats2023 = "brats2023"
     binary = "binary"
+    brats2024_gli = "brats2024_gli"  # post-treatment glioma: 1 NETC, 2 SNFH, 3 ET, 4 resection cavity
+    brats2024_met = "brats2024_met"  # metastases: GLI 2024 codes, regions ET, RC, TC, WT
+    brats2024_men = "brats2024_men"  # pre-operative meningioma: 2023 codes
+    brats2024_ped = "brats2024_ped"  # paediatric: 1 ET, 2 NETC, 3 cystic component, 4 edema
+    brats2024_menrt = "brats2024_menrt"  # meningioma radiotherapy: 1 gross tumour volume
 
 
 class DataConvention(str, Enum):
@@ -135,6 +161,19 @@ class DataConvention(str, Enum):
     brats2021 = "brats2021"
     brats2023 = "brats2023"
     binary = "binary"
+    brats2024_gli = "brats2024_gli"  # post-treatment glioma: 1 NETC, 2 SNFH, 3 ET, 4 resection cavity
+    brats2024_met = "brats2024_met"  # metastases: GLI 2024 codes, regions ET, RC, TC, WT
+    brats2024_men = "brats2024_men"  # pre-operative meningioma: 2023 codes
+    brats2024_ped = "brats2024_ped"  # paediatric: 1 ET, 2 NETC, 3 cystic component, 4 edema
+    brats2024_menrt = "brats2024_menrt"  # meningioma radiotherapy: 1 gross tumour volume
+
+
+class LesionConvention(str, Enum):
+    """Lesion-wise scoring rules (see :mod:`medseg.metrics.lesions` and
+    :mod:`medseg.metrics.lesions_brats2025`)."""
+
+    brats2023 = "brats2023"  # dilated reference lesions, small ones ignored, misses Dice 0 / HD95 374 mm
+    brats2025 = "brats2025"  # brats-evaluation (panoptica): connected components, one-to-one matching
 
 
 class Backend(str, Enum):
@@ -258,6 +297,14 @@ class AugmentConfig:
     lowres_factor: float = 2.0
     noise_prob: float = 0.15
     noise_std: float = 0.1
+    channel_dropout_prob: float = 0.0  # share of patches with 1..channel_dropout_max contrasts zeroed
+    channel_dropout_max: int = 1  # most contrasts dropped at once (always at least one kept)
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.channel_dropout_prob <= 1.0:
+            raise ValueError(f"train.augment.channel_dropout_prob={self.channel_dropout_prob} must be in [0, 1]")
+        if self.channel_dropout_max < 1:
+            raise ValueError(f"train.augment.channel_dropout_max={self.channel_dropout_max} must be at least 1")
 
 
 @dataclass
@@ -266,7 +313,8 @@ class TrainConfig:
 
     max_epochs: int = 100
     iters_per_epoch: int = 50
-    max_time_s: Optional[float] = None  # wall-clock budget (s); training stops after the epoch that crosses it
+    max_time_s: Optional[float] = None  # wall-clock training budget (s); see budget_schedule
+    budget_schedule: bool = True  # with max_time_s: LR and validations follow the budget used (false: cut at it)
     batch_size: int = 2
     patch_size: Optional[list[int]] = None  # None: the planned patch (plan.json); 2 ints for a 2D model
     fg_oversample: float = 0.5  # share of patches centred on a foreground voxel of a random present class
@@ -305,8 +353,9 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        if self.resume not in ("auto", "never") and not self.resume.strip():
-            raise ValueError("train.resume must be auto, never or the path of a training state")
+        if self.resume not in ("auto", "never") and not Path(self.resume).expanduser().exists():
+            raise ValueError(f"train.resume={self.resume!r} must be auto, never or the path of a train folder "
+                             "or a training state (not found)")
 
 
 @dataclass
@@ -327,6 +376,7 @@ class InferenceConfig:
     precision: Precision = Precision.fp32
     max_memory_gb: Optional[float] = 4.0
     stitch_dtype: StitchDtype = StitchDtype.float32
+    calibrate: bool = True  # apply the artifact's fitted temperature (false: raw probabilities; labels are the same)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.overlap < 1.0:
@@ -354,7 +404,9 @@ class EvaluateConfig:
     references: Optional[str] = None
     images: Optional[str] = None  # optional images for the montages (<case>_0000.nii.gz or <case>.nii.gz)
     labels: LabelConvention = LabelConvention.msd  # label coding of both folders
+    lesion_convention: LesionConvention = LesionConvention.brats2023  # lesion-wise rules: brats2023 | brats2025
     skip_bad: bool = False  # true: missing/bad predictions are scored as empty and listed as failures
+    drop_channels: list[str] = field(default_factory=list)  # contrasts zeroed on purpose (a missing-contrast pattern)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
@@ -371,17 +423,40 @@ class ExportConfig:
 
 
 @dataclass
+class CalibrationConfig:
+    """Temperature scaling and QC thresholds, fitted on the validation split by ``export`` (recorded
+    in the artifact) and by ``evaluate`` (to report them on the test cases); see
+    :mod:`medseg.export.review`."""
+
+    enabled: bool = True  # false: no temperature, no QC thresholds (QC records then carry signals only)
+    band_mm: float = 5.0  # fitting and ECE use voxels within this distance (mm) of the reference or predicted tumour
+    bins: int = 15  # equal-width probability bins of the ECE and the reliability diagram
+    max_voxels: int = 2_000_000  # band voxels sampled (seeded) over all validation cases for the fit
+    qc_quantile: float = 1.0  # a QC signal's threshold: this quantile of its validation values (1.0: the largest)
+    review_dice: float = 0.8  # evaluate: a case is "bad" for the QC ranking (ROC AUC) below this Dice
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.qc_quantile <= 1.0:
+            raise ValueError(f"calibration.qc_quantile={self.qc_quantile} must be in [0, 1]")
+        if self.band_mm <= 0 or self.bins < 2 or self.max_voxels < 1:
+            raise ValueError("calibration.band_mm must be > 0, calibration.bins >= 2, calibration.max_voxels >= 1")
+
+
+@dataclass
 class PredictConfig:
     """Batch prediction from an exported artifact."""
 
     source: PredictSource = PredictSource.files
     pattern: str = "*.nii.gz"
+    layout: InputLayout = InputLayout.auto  # source=files: 4D NIfTI, BraTS 2023/2021 or nnU-Net per-contrast files
+    labels: OutputCoding = OutputCoding.auto  # label coding of the written <case>.nii.gz
     cases: list[str] = field(default_factory=list)  # source=data: only these cases (empty: all)
     ensemble: list[str] = field(default_factory=list)  # more artifact folders: probabilities are averaged
     skip_existing: bool = True
     backend: Backend = Backend.torch
     shard: Optional[str] = None  # "i/n": the i-th of n interleaved parts of the sorted case list
     dicom_seg: Optional[bool] = None  # None: when highdicom is installed
+    uncertainty: bool = False  # also write <case>_uncertainty.nii.gz (predictive entropy, bits) per case
     inference: InferenceConfig = field(default_factory=lambda: InferenceConfig(min_component_ml=None))
 
     def __post_init__(self) -> None:
@@ -413,6 +488,7 @@ class MedsegConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
     synth: SynthDataConfig = field(default_factory=SynthDataConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     name: str = "medseg"
     seed: int = 0
     log_level: str = "INFO"
