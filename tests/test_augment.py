@@ -140,3 +140,57 @@ def test_blur_in_forked_loader_workers_after_the_parent_used_it():
     batches = list(loader)
     assert len(batches) == 2
     torch.testing.assert_close(batches[0][0][0], ds[0][0])  # same patch as in the parent
+
+
+def test_channel_dropout_zeroes_one_to_max_channels_never_all():
+    from medseg.data.augment import channel_dropout
+
+    counts = set()
+    for seed in range(200):
+        img = np.ones((4, 4, 4, 4), np.float32)
+        out = channel_dropout(img, np.random.default_rng(seed), {"channel_dropout_prob": 1.0,
+                                                                 "channel_dropout_max": 5})
+        zeroed = [c for c in range(4) if not out[c].any()]
+        assert 1 <= len(zeroed) <= 3 and all(out[c].all() for c in range(4) if c not in zeroed)
+        counts.add(len(zeroed))
+    assert counts == {1, 2, 3}
+    single = np.ones((1, 4, 4, 4), np.float32)
+    assert channel_dropout(single, np.random.default_rng(0), {"channel_dropout_prob": 1.0}).all()
+
+
+def test_channel_dropout_off_draws_nothing_and_its_share_is_the_probability():
+    from medseg.data.augment import channel_dropout
+
+    rng = np.random.default_rng(1)
+    channel_dropout(np.ones((4, 2, 2, 2), np.float32), rng, {"channel_dropout_prob": 0.0})
+    assert rng.random() == np.random.default_rng(1).random()  # the patch stream is unchanged when off
+    rng = np.random.default_rng(2)
+    hit = sum(not channel_dropout(np.ones((4, 2, 2, 2), np.float32), rng, {"channel_dropout_prob": 0.3}).all()
+              for _ in range(2000))
+    assert 0.26 < hit / 2000 < 0.34
+
+
+def test_accepted_subsets_follow_the_dropout_settings():
+    from medseg.config import AugmentConfig
+    from medseg.data.augment import accepted_subsets
+
+    channels = ["FLAIR", "T1w", "t1gd", "T2w"]
+    assert accepted_subsets(channels, AugmentConfig()) == [channels]  # off by default
+    one = accepted_subsets(channels, AugmentConfig(channel_dropout_prob=0.5))
+    assert one[0] == channels and len(one) == 5 and ["FLAIR", "T1w", "T2w"] in one
+    assert len(accepted_subsets(channels, {"channel_dropout_prob": 0.5, "channel_dropout_max": 9})) == 1 + 4 + 6 + 4
+    with pytest.raises(ValueError, match="channel_dropout_prob"):
+        AugmentConfig(channel_dropout_prob=1.5)
+
+
+def test_patch_dataset_applies_dropout_after_intensity_augmentation():
+    from medseg.data.dataset import CachedCase, PatchDataset
+
+    img = np.ones((4, 12, 12, 12), np.float32)
+    lab = np.zeros((12, 12, 12), np.uint8)
+    ds = PatchDataset([CachedCase("c", img, lab, {})], (8, 8, 8), 20, 0.0,
+                      {"channel_dropout_prob": 1.0, "channel_dropout_max": 2, "intensity_shift_prob": 1.0}, seed=0)
+    for i in range(20):
+        patch = ds[i][0].numpy()
+        zeroed = [c for c in range(4) if not patch[c].any()]
+        assert 1 <= len(zeroed) <= 2

@@ -7,7 +7,11 @@ volume (:func:`sample_patch`), so rotated and scaled patches have real image dat
 corners and nothing is copied but the patch itself. Then mirror flips, and per channel:
 brightness (multiplicative) and shift, contrast around the mean, gamma on the min-max range,
 Gaussian blur, simulated low resolution (down- then upsampling), and Gaussian noise. The
-background (exactly zero after preprocessing) stays zero, as at inference.
+background (exactly zero after preprocessing) stays zero, as at inference. Last, channel dropout
+(missing-contrast training, :func:`channel_dropout`): with ``channel_dropout_prob`` one to
+``channel_dropout_max`` channels (never all) are set to zero, the value a missing contrast has
+after normalisation and what the predictor feeds for it; :func:`accepted_subsets` lists the
+channel subsets a model so trained accepts (recorded in its checkpoint and artifact).
 
 Each transform has a probability and a strength in ``train.augment`` (see
 :class:`medseg.config.AugmentConfig`); they run in the data-loader workers.
@@ -19,6 +23,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import torch
@@ -190,6 +195,42 @@ def intensity_transform(img: np.ndarray, rng: np.random.Generator, cfg: Mapping[
     if background is not None:
         np.copyto(img, np.float32(0.0), where=background)
     return img.astype(np.float32, copy=False)
+
+
+def channel_dropout(img: np.ndarray, rng: np.random.Generator, cfg: Mapping[str, float]) -> np.ndarray:
+    """Zero 1..``channel_dropout_max`` randomly chosen channels of a ``(C, *patch)`` array with
+    probability ``channel_dropout_prob`` (in place; at least one channel is always kept).
+
+    Nothing is drawn from ``rng`` when the probability is 0 or there is one channel, so the patch
+    stream of a model trained without dropout is unchanged.
+    """
+    prob = float(cfg.get("channel_dropout_prob", 0.0) or 0.0)
+    most = min(int(cfg.get("channel_dropout_max", 1) or 1), img.shape[0] - 1)
+    if prob <= 0.0 or most < 1 or rng.random() >= prob:
+        return img
+    k = int(rng.integers(1, most + 1))
+    img[rng.choice(img.shape[0], size=k, replace=False)] = 0.0
+    return img
+
+
+def accepted_subsets(channels: Sequence[str], cfg: Any) -> list[list[str]]:
+    """The channel subsets a model trained with ``cfg``'s channel dropout accepts (``cfg``: the
+    ``train.augment`` config or a mapping of it): the full set, plus every subset lacking
+    1..``channel_dropout_max`` channels (never all) when dropout is on."""
+    from itertools import combinations
+
+    def get(key: str, default: float) -> float:
+        value = cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
+        return default if value is None else value
+
+    channels = list(channels)
+    prob = float(get("channel_dropout_prob", 0.0))
+    most = min(int(get("channel_dropout_max", 1)), len(channels) - 1) if prob > 0 else 0
+    subsets = [channels]
+    for k in range(1, most + 1):
+        for dropped in combinations(channels, k):
+            subsets.append([c for c in channels if c not in dropped])
+    return subsets
 
 
 _POOL: tuple[int, ThreadPoolExecutor] | None = None

@@ -19,7 +19,8 @@ import torch
 from torch.utils.data import Dataset
 
 from medseg.config import AugmentConfig
-from medseg.data.augment import displacement, draw_spatial, intensity_transform, sample_patch, spatial_transform
+from medseg.data.augment import (channel_dropout, displacement, draw_spatial, intensity_transform, sample_patch,
+                                 spatial_transform)
 from medseg.errors import MedsegError
 
 
@@ -142,7 +143,7 @@ def augment_patch(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator, cf
 
 def flip_and_intensity(img: np.ndarray, lab: np.ndarray, rng: np.random.Generator,
                        cfg: Mapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Mirror flips (each axis with ``flip_prob``) and intensity transforms of a patch."""
+    """Mirror flips (each axis with ``flip_prob``), intensity transforms and channel dropout of a patch."""
     flipped = False
     for axis in range(lab.ndim):
         if rng.random() < cfg.get("flip_prob", 0.0) and lab.shape[axis] > 1:
@@ -152,4 +153,4 @@ def flip_and_intensity(img: np.ndarray, lab: np.ndarray, rng: np.random.Generato
     if flipped or not img.flags.c_contiguous:
         img = np.ascontiguousarray(img, dtype=np.float32)
         lab = np.ascontiguousarray(lab)
-    return intensity_transform(img, rng, cfg), lab
+    return channel_dropout(intensity_transform(img, rng, cfg), rng, cfg), lab

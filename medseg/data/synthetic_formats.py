@@ -3,10 +3,13 @@
 - :func:`write_brats_dataset`: BraTS 2021 (``CASE_flair.nii.gz`` ..., labels 1/2/4) or 2023+
   (``CASE-t2f.nii.gz`` ..., labels 1/2/3) case folders.
 - :func:`write_dicom_dataset`: one DICOM study per case, as scanners export them: one series per
-  contrast with realistic descriptions, shuffled file names, a three-plane localiser, and per case
-  a different mix of classic single-frame files, an enhanced multi-frame file, implicit VR, and a
-  T2 acquired sagittally (another grid of the same frame of reference). Labels are NIfTI files on
-  the FLAIR grid in ``labels/``.
+  contrast, shuffled file names, a three-plane localiser, and per case a different mix of classic
+  single-frame files, an enhanced multi-frame file, implicit VR, and a T2 acquired sagittally
+  (another grid of the same frame of reference). Case ``i`` is written in the description style
+  ``DICOM_STYLES[i % 6]`` (:data:`DICOM_STYLES`: generic, Siemens, GE, Philips, misleading, none),
+  each with that vendor's acquisitions (Siemens MPRAGE, GE spin echo, Philips TFE); the
+  post-contrast T1 records ContrastBolusAgent and is acquired after the pre-contrast one. Labels
+  are NIfTI files on the FLAIR grid in ``labels/``.
 - :func:`write_xray_dataset`: 2D contrast-enhanced radiographs (DX/CR) projected through the phantom
   along the antero-posterior axis: soft tissue, a skull, iodinated contrast where tissue enhances
   (tumour rim, but also unlabelled vessels), scatter blur, heel effect and quantum noise; the mask
@@ -23,15 +26,32 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from medseg.data.io.dicom_write import new_ids, write_radiograph, write_series
+from medseg.data.io.dicom_write import (FLAIR_IR, LOCALISER, MPRAGE, T1_SPIN_ECHO, T1_TFE, T2_TSE, MRProtocol, new_ids,
+                                        write_radiograph, write_series)
 from medseg.data.sources.brats import RELEASES
 from medseg.data.synthetic import SynthConfig, _spread, _write_nifti, generate_case
 from medseg.utils.parallel import parallel_map
 
 #: internal code -> file code of each BraTS release
 _TO_BRATS = {"brats2021": {0: 0, 1: 2, 2: 1, 3: 4}, "brats2023": {0: 0, 1: 2, 2: 1, 3: 3}}
-#: SeriesDescription of each contrast as scanners word them
+#: SeriesDescription of each contrast (FLAIR, T1, T1 post-contrast, T2) in the generic style
 DICOM_DESCRIPTIONS = ("AX T2 FLAIR", "T1 SE AX", "T1 AX POST GD", "T2 TSE AX")
+_GENERIC = (FLAIR_IR, T1_SPIN_ECHO, MPRAGE, T2_TSE)
+#: style -> (SeriesDescription, acquisition) of FLAIR, T1, T1 post-contrast and T2. Siemens' two
+#: MPRAGEs share one description (the agent is only in ContrastBolusAgent); ``misleading`` words
+#: every description as another contrast; ``none`` writes no SeriesDescription at all.
+DICOM_STYLES: dict[str, tuple[tuple[str, MRProtocol], ...]] = {
+    "generic": tuple(zip(DICOM_DESCRIPTIONS, _GENERIC)),
+    "siemens": (("t2_tirm_tra_dark-fluid", FLAIR_IR), ("t1_mprage_sag_p2_iso", MPRAGE),
+                ("t1_mprage_sag_p2_iso", MPRAGE), ("t2_tse_tra", T2_TSE)),
+    "ge": (("Ax T2 FLAIR", FLAIR_IR), ("AX T1 SE", T1_SPIN_ECHO), ("AX T1 SE +C", T1_SPIN_ECHO),
+           ("Ax T2 FSE", T2_TSE)),
+    "philips": (("T2W_FLAIR", FLAIR_IR), ("sT1W_3D_TFE", T1_TFE), ("CE sT1W_3D_TFE", T1_TFE), ("T2W_TSE", T2_TSE)),
+    "misleading": (("AX T2", FLAIR_IR), ("T1 AX POST", T1_SPIN_ECHO), ("T1 AX", MPRAGE), ("T2 FLAIR AX", T2_TSE)),
+    "none": tuple(("", p) for p in _GENERIC),
+}
+#: the agent recorded in the post-contrast series (ContrastBolusAgent)
+CONTRAST_AGENT = "Gadobutrol"
 
 
 def _tumour_flags(cfg: SynthConfig) -> np.ndarray:
@@ -62,11 +82,16 @@ def _write_brats_case(out: Path, name: str, release: str, seed: int, tumour: boo
     _write_nifti(folder / f"{name}{seg}.nii.gz", lut[case.label], case.affine)
 
 
-def write_dicom_dataset(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 2) -> Path:
-    """Write ``cfg.n`` phantom cases as DICOM MR studies plus NIfTI labels (see module docstring)."""
+def write_dicom_dataset(out_dir: str | Path, cfg: SynthConfig = SynthConfig(), workers: int = 2,
+                        styles: tuple[str, ...] = tuple(DICOM_STYLES)) -> Path:
+    """Write ``cfg.n`` phantom cases as DICOM MR studies plus NIfTI labels (see module docstring);
+    case ``i`` in the description style ``styles[i % len(styles)]``."""
     out = Path(out_dir)
     free = _tumour_flags(cfg)
-    jobs = [(out, i, cfg.seed * 100003 + i, not bool(free[i]), cfg) for i in range(cfg.n)]
+    unknown = [s for s in styles if s not in DICOM_STYLES]
+    if unknown or not styles:
+        raise ValueError(f"DICOM styles {unknown} are not known; valid: {list(DICOM_STYLES)}")
+    jobs = [(out, i, cfg.seed * 100003 + i, not bool(free[i]), cfg, styles[i % len(styles)]) for i in range(cfg.n)]
     parallel_map(_write_dicom_case, jobs, workers)
     return out
 
@@ -80,26 +105,28 @@ def _sagittal(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndar
     return np.ascontiguousarray(np.transpose(data, perm)), new_affine
 
 
-def _write_dicom_case(out: Path, i: int, seed: int, tumour: bool, cfg: SynthConfig) -> None:
+def _write_dicom_case(out: Path, i: int, seed: int, tumour: bool, cfg: SynthConfig, style: str = "generic") -> None:
     case = generate_case(seed, tumour, cfg)
     pid = f"SUBJ{i + 1:03d}"
     study = new_ids(pid, "", 0)
     folder = out / "dicom" / pid / f"study_{i % 3 + 1}"
     variant = i % 4
-    for c, desc in enumerate(DICOM_DESCRIPTIONS):
+    for c, (desc, protocol) in enumerate(DICOM_STYLES[style]):
         data, affine = case.image[..., c], case.affine
         if c == 3 and variant in (1, 3):
             data, affine = _sagittal(data, affine)
-        ids = new_ids(pid, desc, c + 2, study["study_uid"], study["frame_of_reference"])
+        ids = {**new_ids(pid, desc, c + 2, study["study_uid"], study["frame_of_reference"]),
+               "series_time": f"09{10 + 5 * c:02d}00", "contrast_agent": CONTRAST_AGENT if c == 2 else ""}
         write_series(data, affine, folder / f"SE{c + 2:03d}", ids, enhanced=(c == 1 and variant == 2),
-                     implicit_vr=(variant == 3), seed=seed + c)
-    _localiser(case.image[..., 0], case.affine, folder / "SE001", pid, study)
+                     implicit_vr=(variant == 3), seed=seed + c, protocol=protocol)
+    _localiser(case.image[..., 0], case.affine, folder / "SE001", pid, study, "" if style == "none" else "3-PLANE LOC")
     _write_nifti(out / "labels" / f"{pid}.nii.gz", case.label, case.affine)
 
 
-def _localiser(volume: np.ndarray, affine: np.ndarray, folder: Path, pid: str, study: dict[str, str]) -> None:
+def _localiser(volume: np.ndarray, affine: np.ndarray, folder: Path, pid: str, study: dict[str, str],
+               description: str = "3-PLANE LOC") -> None:
     """A three-plane localiser: one slice per orientation in one series (not a volume)."""
-    ids = new_ids(pid, "3-PLANE LOC", 1, study["study_uid"], study["frame_of_reference"])
+    ids = {**new_ids(pid, description, 1, study["study_uid"], study["frame_of_reference"]), "series_time": "090500"}
     centre = [s // 2 for s in volume.shape]
     for axis in range(3):
         sl = [slice(None)] * 3
@@ -112,7 +139,7 @@ def _localiser(volume: np.ndarray, affine: np.ndarray, folder: Path, pid: str, s
         b = np.eye(4)
         b[:3, :3] = a[:3, :3][:, perm]
         b[:3, 3] = a[:3, 3]
-        write_series(np.transpose(data, perm), b, folder / f"plane{axis}", ids, seed=axis)
+        write_series(np.transpose(data, perm), b, folder / f"plane{axis}", ids, seed=axis, protocol=LOCALISER)
 
 
 def write_xray_dataset(out_dir: str | Path, cfg: SynthConfig = SynthConfig(spacing=1.5, vary_grid=False),

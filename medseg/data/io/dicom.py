@@ -55,6 +55,9 @@ class SeriesInfo:
     modality: str
     frame_of_reference: str
     files: list[Path] = field(default_factory=list)
+    series_number: int = 0
+    #: acquisition attributes of the series' first file (:func:`acquisition_attributes`)
+    acquisition: dict[str, Any] = field(default_factory=dict)
 
 
 def read_header(path: Path) -> Dataset:
@@ -107,11 +110,85 @@ def scan(files: Sequence[Path]) -> tuple[list[SeriesInfo], list[str]]:
                 patient_id=str(ds.get("PatientID", "") or "anonymous"), study_date=str(ds.get("StudyDate", "")),
                 description=str(ds.get("SeriesDescription", "") or ds.get("ProtocolName", "")),
                 modality=str(ds.get("Modality", "")),
-                frame_of_reference=str(ds.get("FrameOfReferenceUID", "")))
-            numbers[uid] = int(ds.get("SeriesNumber", 0) or 0)
+                frame_of_reference=str(ds.get("FrameOfReferenceUID", "")),
+                series_number=_int(ds.get("SeriesNumber", 0)), acquisition=acquisition_attributes(ds))
+            numbers[uid] = info.series_number
         info.files.append(path)
     ordered = sorted(series.values(), key=lambda s: (s.study_uid, numbers[s.series_uid], s.series_uid))
     return ordered, problems
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _number(value: Any) -> float | None:
+    """A numeric attribute value (the first of a multi-valued one), ``None`` when absent or unparsable."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else None
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _strings(value: Any) -> list[str]:
+    """A code-string attribute as a list of upper-case values."""
+    if value is None or value == "":
+        return []
+    values = list(value) if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue" else [value]
+    return [str(v).strip().upper() for v in values if str(v).strip()]
+
+
+def acquisition_attributes(ds: Dataset) -> dict[str, Any]:
+    """The attributes that identify a series' contrast, from a classic or an enhanced MR header.
+
+    Classic MR images hold them at the top level; enhanced ones in functional groups (the first
+    frame's, then the shared ones): MRTimingAndRelatedParametersSequence (RepetitionTime),
+    MREchoSequence (EffectiveEchoTime), MRModifierSequence (InversionRecovery, InversionTimes),
+    MRImageFrameTypeSequence (FrameType, AcquisitionContrast). Times are in ms; absent values are
+    ``None`` (numbers) or empty lists/strings.
+    """
+    frame = (ds.get("PerFrameFunctionalGroupsSequence") or [None])[0]
+
+    def grouped(seq: str, attr: str) -> Any:
+        return _first(ds, frame, seq, attr) if "SharedFunctionalGroupsSequence" in ds or frame else None
+
+    inversion = ds.get("InversionTime")
+    if inversion is None:
+        inversion = grouped("MRModifierSequence", "InversionTimes")
+    image_type = _strings(ds.get("ImageType")) or _strings(grouped("MRImageFrameTypeSequence", "FrameType"))
+    return {
+        "ImageType": image_type,
+        "ScanningSequence": _strings(ds.get("ScanningSequence")),
+        "SequenceVariant": _strings(ds.get("SequenceVariant")),
+        "EchoPulseSequence": str(ds.get("EchoPulseSequence", "") or "").upper(),
+        "InversionRecovery": str(grouped("MRModifierSequence", "InversionRecovery") or "").upper(),
+        "AcquisitionContrast": str(ds.get("AcquisitionContrast", "")
+                                   or grouped("MRImageFrameTypeSequence", "AcquisitionContrast") or "").upper(),
+        "RepetitionTime": _number(ds.get("RepetitionTime")
+                                  or grouped("MRTimingAndRelatedParametersSequence", "RepetitionTime")),
+        "EchoTime": _number(ds.get("EchoTime") or grouped("MREchoSequence", "EffectiveEchoTime")),
+        "InversionTime": _number(inversion),
+        "ContrastBolusAgent": _agent(ds),
+        "ContrastBolusRoute": str(ds.get("ContrastBolusRoute", "") or "").strip(),
+        "SeriesTime": str(ds.get("SeriesTime", "") or ds.get("AcquisitionTime", "") or "").strip(),
+        "MRAcquisitionType": str(ds.get("MRAcquisitionType", "") or "").upper(),
+    }
+
+
+def _agent(ds: Dataset) -> str:
+    """ContrastBolusAgent, or the code meaning of an enhanced image's ContrastBolusAgentSequence."""
+    agent = str(ds.get("ContrastBolusAgent", "") or "").strip()
+    if not agent and ds.get("ContrastBolusAgentSequence"):
+        item = ds.ContrastBolusAgentSequence[0]
+        agent = str(item.get("CodeMeaning", "") or item.get("CodeValue", "") or "").strip()
+    return agent
 
 
 def _looks_like_dicom(path: Path) -> bool:

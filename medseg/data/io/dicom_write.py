@@ -66,18 +66,24 @@ class MRProtocol:
     image_kind: str = "OTHER"
 
 
-#: (keywords any of which in the series description selects it, protocol); first match wins.
-MR_PROTOCOLS: tuple[tuple[tuple[str, ...], MRProtocol], ...] = (
-    (("LOC", "SCOUT"), MRProtocol(("GR",), ("SP",), (), "2D", 8.6, 4.0, None, 1, 20.0, "T1", "fl2d1",
-                                  "LOCALIZER")),
-    (("FLAIR",), MRProtocol(("SE", "IR"), ("SK", "SP", "MP"), ("SP",), "2D", 9000.0, 81.0, 2500.0, 16, 150.0,
-                            "FLUID_ATTENUATED", "tir2d1_16")),
-    (("POST", "GD", "MPRAGE"), MRProtocol(("GR", "IR"), ("SK", "SP", "MP"), ("PFP",), "3D", 2300.0, 2.98, 900.0, 1,
-                                          9.0, "T1", "tfl3d1")),
-    (("T2",), MRProtocol(("SE",), ("SK", "SP"), ("FS",), "2D", 4000.0, 100.0, None, 15, 150.0, "T2", "tse2d1_15")),
-)
+#: The built-in acquisitions: a localiser, FLAIR (turbo inversion recovery), MPRAGE (3D gradient
+#: echo with an inversion pulse), a T1 turbo field echo (Philips 3D TFE: no inversion time
+#: recorded), a T2 turbo spin echo and a T1 spin echo.
+LOCALISER = MRProtocol(("GR",), ("SP",), (), "2D", 8.6, 4.0, None, 1, 20.0, "T1", "fl2d1", "LOCALIZER")
+FLAIR_IR = MRProtocol(("SE", "IR"), ("SK", "SP", "MP"), ("SP",), "2D", 9000.0, 81.0, 2500.0, 16, 150.0,
+                      "FLUID_ATTENUATED", "tir2d1_16")
+MPRAGE = MRProtocol(("GR", "IR"), ("SK", "SP", "MP"), ("PFP",), "3D", 2300.0, 2.98, 900.0, 1, 9.0, "T1", "tfl3d1")
+T1_TFE = MRProtocol(("GR",), ("SK", "SS", "MP"), (), "3D", 8.1, 3.7, None, 1, 8.0, "T1", "T1TFE")
+T2_TSE = MRProtocol(("SE",), ("SK", "SP"), ("FS",), "2D", 4000.0, 100.0, None, 15, 150.0, "T2", "tse2d1_15")
 #: The protocol of any other description: a T1-weighted spin echo.
 T1_SPIN_ECHO = MRProtocol(("SE",), ("SP",), (), "2D", 500.0, 12.0, None, 1, 90.0, "T1", "se2d1")
+#: (keywords any of which in the series description selects it, protocol); first match wins.
+MR_PROTOCOLS: tuple[tuple[tuple[str, ...], MRProtocol], ...] = (
+    (("LOC", "SCOUT"), LOCALISER),
+    (("FLAIR",), FLAIR_IR),
+    (("POST", "GD", "MPRAGE"), MPRAGE),
+    (("T2",), T2_TSE),
+)
 
 
 def mr_protocol(description: str) -> MRProtocol:
@@ -180,9 +186,10 @@ def _patient(ds: Dataset, ids: dict[str, str], frame_of_reference: bool = True) 
     ds.PatientBirthDate, ds.PatientSex = "", ids.get("patient_sex", "O")
     ds.StudyInstanceUID, ds.SeriesInstanceUID = ids["study_uid"], ids["series_uid"]
     ds.StudyDate = ds.SeriesDate = ds.ContentDate = ids.get("study_date", "20260101")
-    ds.StudyTime, ds.SeriesTime, ds.ContentTime = "090000", "090500", "090500"
+    ds.StudyTime, ds.SeriesTime, ds.ContentTime = "090000", ids.get("series_time", "090500"), "090500"
     ds.StudyID, ds.AccessionNumber, ds.ReferringPhysicianName = "1", "", ""
-    ds.SeriesDescription = ids.get("description", "")
+    if ids.get("description"):  # type 3: left out rather than empty
+        ds.SeriesDescription = ids["description"]
     ds.SeriesNumber = int(ids.get("series_number", 1))
     ds.Modality = ids.get("modality", "MR")
     if frame_of_reference:
@@ -241,8 +248,15 @@ def _mr_image(ds: Dataset, protocol: MRProtocol) -> None:
         _assign(ds, InversionTime=protocol.inversion_time)
 
 
+def _contrast_bolus(ds: Dataset, agent: str | None) -> None:
+    """The Contrast/Bolus module of an image acquired after a contrast agent (its agent and route)."""
+    if agent:
+        ds.ContrastBolusAgent, ds.ContrastBolusRoute = agent, "IV"
+
+
 def write_series(data: np.ndarray, affine: np.ndarray, out_dir: str | Path, ids: dict[str, str], *,
-                 enhanced: bool = False, implicit_vr: bool = False, seed: int = 0) -> list[Path]:
+                 enhanced: bool = False, implicit_vr: bool = False, seed: int = 0,
+                 protocol: MRProtocol | None = None) -> list[Path]:
     """Write a volume as one DICOM MR series.
 
     Args:
@@ -251,10 +265,12 @@ def write_series(data: np.ndarray, affine: np.ndarray, out_dir: str | Path, ids:
         out_dir: folder for the files (created).
         ids: ``study_uid``, ``series_uid`` and optionally ``patient_id``, ``patient_sex``,
             ``description`` (also selects the :data:`MR_PROTOCOLS` entry), ``series_number``,
-            ``frame_of_reference``, ``study_date``, ``modality``.
+            ``frame_of_reference``, ``study_date``, ``series_time``, ``modality``, ``contrast_agent``
+            (ContrastBolusAgent of a post-contrast series; classic files only).
         enhanced: write one Enhanced MR multi-frame file instead of one file per slice.
         implicit_vr: use the Implicit VR Little Endian transfer syntax.
         seed: shuffles the file names.
+        protocol: the acquisition (``None``: chosen from the description, see :func:`mr_protocol`).
 
     Returns:
         The files written.
@@ -264,8 +280,10 @@ def write_series(data: np.ndarray, affine: np.ndarray, out_dir: str | Path, ids:
     grid = _Grid.from_affine(affine)
     stored = _store(np.asarray(data, dtype=np.float64))
     syntax = ImplicitVRLittleEndian if implicit_vr else ExplicitVRLittleEndian
-    protocol = mr_protocol(ids.get("description", ""))
+    protocol = protocol or mr_protocol(ids.get("description", ""))
     if enhanced:
+        if ids.get("contrast_agent"):
+            raise ValueError("a post-contrast series is written as classic files (no Enhanced Contrast/Bolus module)")
         return [_write_enhanced(stored, grid, out / "enhanced.dcm", ids, protocol, syntax)]
     names = np.random.default_rng(seed).permutation(data.shape[2])
     paths = []
@@ -273,6 +291,7 @@ def write_series(data: np.ndarray, affine: np.ndarray, out_dir: str | Path, ids:
         ds = _new_dataset(MR_IMAGE_STORAGE, syntax)
         _patient(ds, ids)
         _mr_image(ds, protocol)
+        _contrast_bolus(ds, ids.get("contrast_agent"))
         _assign(ds, Rows=data.shape[1], Columns=data.shape[0], ImagePositionPatient=grid.position(k),
                 ImageOrientationPatient=grid.orientation, PixelSpacing=grid.pixel_spacing,
                 SliceThickness=grid.thickness, InstanceNumber=k + 1, RescaleSlope=stored.slope,

@@ -1,11 +1,16 @@
 """DICOM sources: MR studies (one case per study, one series per channel) and radiographs.
 
 ``dicom``: every file under the root is scanned (headers only), grouped by study and series.
-Each channel is the one series of the study whose SeriesDescription matches the channel's regular
-expression (case-insensitive), or the series a mapping file names. Channels on different grids of
-the same frame of reference are resampled (trilinear, in world coordinates) onto the grid of the
-first channel, which is the grid of the case: labels (``label_dir/{case}.nii.gz``) must be on it,
-and predictions are written on it.
+Each channel is the one series of the study identified as its contrast from the acquisition
+attributes (ImageType, ScanningSequence, InversionTime, RepetitionTime, EchoTime, enhanced MR's
+functional groups, ContrastBolusAgent and the time order of the series; the SeriesDescription
+patterns as a hint; see :mod:`medseg.data.contrasts`), or the series a mapping file names. Why each
+series was chosen is kept in ``CaseRef.identification`` (``verification.json``, predict's summary).
+Channels on different grids of the same frame of reference are resampled (trilinear, in world
+coordinates) onto the grid of the first channel, which is the grid of the case: labels
+(``label_dir/{case}.nii.gz``) must be on it, and predictions are written on it. ``predict`` sets
+``allow_missing``: a study lacking a channel's series is then a case with that channel missing
+(``CaseRef.missing``, loaded as zeros) when its model accepts that subset.
 
 ``xray``: every DICOM image under the root (CR, DX, or any single-frame greyscale image) is a case;
 its mask is ``mask_dir/{case}.png`` or ``.nii.gz`` (binary, 0/1 or 0/255). Images are ``(1, X, Y, 1)``.
@@ -19,18 +24,22 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.contrasts import choose, identification_record, identify_series, stand_in, zero_channels
 from medseg.data.io.dicom import SeriesInfo, _looks_like_dicom, read_radiograph, read_series, scan
 from medseg.data.io.nifti import DEFAULT_MAX_VOXELS, read_nifti
 from medseg.data.sources.base import Case, CaseRef, Source, align_to_grid, grid_mismatch, walk_files
 from medseg.errors import ConfigError, DataError
 from medseg.utils.files import read_json
 
-#: Default SeriesDescription patterns of the four BraTS contrasts (MSD Task01 channel order).
+#: Default SeriesDescription patterns of the four BraTS contrasts (MSD Task01 channel order): hints
+#: only (see :mod:`medseg.data.contrasts`), worded for Siemens, GE and Philips habits.
+_POST = r"(gd|gad|ce\b|c\+|\+c|post|contrast)"
+_T1 = r"(t1|mprage|tfe|spgr|bravo|vibe)"
 DEFAULT_SERIES_PATTERNS: dict[str, str] = {
-    "FLAIR": r"flair",
-    "T1w": r"t1(?!.*(gd|gad|ce\b|c\+|post|contrast|mprage.*gd))",
-    "t1gd": r"t1.*(gd|gad|ce\b|c\+|post|contrast)",
-    "T2w": r"t2(?!.*(flair|\*|star|swi))",
+    "FLAIR": r"flair|dark.?fluid|tirm",
+    "T1w": rf"^(?!ce[\s_]).*?{_T1}(?!.*{_POST})",
+    "t1gd": rf"{_T1}.*{_POST}|^ce[\s_].*{_T1}",
+    "T2w": r"t2(?!.*(flair|\*|star|swi|dark.?fluid|tirm))",
 }
 
 
@@ -62,7 +71,8 @@ class DicomSource(Source):
     Args:
         root: folder scanned recursively (directory symlinks are not followed).
         channels: channel names in input order.
-        series_patterns: channel -> regular expression matched against SeriesDescription.
+        series_patterns: channel -> regular expression matched against SeriesDescription (a hint
+            that breaks ties and names series whose attributes are inconclusive).
         series_mapping: optional JSON file ``{case or StudyInstanceUID: {channel: SeriesInstanceUID
             or exact SeriesDescription}}`` taking precedence over the patterns.
         label_dir: folder of NIfTI labels named ``{case}.nii.gz`` (relative to ``root`` or absolute).
@@ -93,6 +103,9 @@ class DicomSource(Source):
         self.gap_tol = float(slice_gap_tol_mm)
         self.resample_channels = bool(resample_channels)
         self.scan_problems: list[str] = []
+        #: accept a study lacking some channels' series (``CaseRef.missing``; the channel loads as
+        #: zeros): set by ``predict`` when the model accepts that subset, never by ``prepare``
+        self.allow_missing = False
 
     def _read_mapping(self, path: str | None) -> dict[str, dict[str, str]]:
         if not path:
@@ -104,32 +117,43 @@ class DicomSource(Source):
         return {str(k): {str(c): str(s) for c, s in v.items()} for k, v in data.items()}
 
     def cases(self) -> list[CaseRef]:
-        """One case per study; studies with no series matching any channel are ignored."""
+        """One case per study; studies with no series identified as any channel are ignored."""
         skip = (self.label_dir,) if self.label_dir else ()
         series, self.scan_problems = scan(walk_files(self.root, skip=skip))
         studies: dict[str, list[SeriesInfo]] = {}
         for s in series:
             studies.setdefault(s.study_uid, []).append(s)
         names = self._names(studies)
-        refs = []
-        for uid, members in studies.items():
-            name = names[uid]
-            chosen, problems = self._assign(name, uid, members)
-            if all(c is None for c in chosen):
-                continue  # nothing of interest in this study (e.g. a localiser-only study)
-            frames = {c.frame_of_reference for c in chosen if c is not None}
-            if len(frames) > 1:
-                problems.append(f"{chosen[0].files[0] if chosen[0] else self.root}: the channels come from "
-                                f"{len(frames)} frames of reference; they are not registered to each other")
-            groups = tuple(tuple(sorted(c.files)) if c is not None else () for c in chosen)
-            label = self.label_dir / f"{name}.nii.gz" if self.label_dir else None
-            refs.append(CaseRef(name=name, images=tuple(f for g in groups for f in g),
-                                label=label if label is not None and label.exists() else None,
-                                problems=tuple(problems), series=groups))
+        refs = [self._case(names[uid], uid, members) for uid, members in studies.items()]
+        refs = [r for r in refs if r is not None]
         if not refs and not self.scan_problems:
-            raise DataError(self.root, "no DICOM series matches any channel pattern "
-                                       f"{ {c: p.pattern for c, p in self.patterns.items()} }")
+            found = sorted({s.description or "<no description>" for s in series})
+            raise DataError(self.root, f"no DICOM series is identified as any of the channels {list(self.channels)} "
+                                       f"(by acquisition attributes, patterns "
+                                       f"{ {c: p.pattern for c, p in self.patterns.items()} } or mapping); "
+                                       f"series found: {found}")
         return refs
+
+    def _case(self, name: str, uid: str, members: list[SeriesInfo]) -> CaseRef | None:
+        """The case of one study, or ``None`` when no series of it is a candidate for any channel."""
+        chosen, problems, reasons, candidates = self._assign(name, uid, members)
+        if not candidates:
+            return None  # nothing of interest in this study (e.g. a localiser-only study)
+        missing = tuple(c for c in self.channels if f"missing:{c}" in problems)
+        errors = [m for k, m in problems.items() if not (self.allow_missing and k.startswith("missing:"))]
+        frames = {c.frame_of_reference for c in chosen if c is not None}
+        if len(frames) > 1:
+            first = next(c for c in chosen if c is not None)
+            errors.append(f"{first.files[0]}: the channels come from {len(frames)} frames of reference; "
+                          f"they are not registered to each other")
+        groups = tuple(tuple(sorted(c.files)) if c is not None else () for c in chosen)
+        label = self.label_dir / f"{name}.nii.gz" if self.label_dir else None
+        ref = CaseRef(name=name, images=tuple(f for g in groups for f in g),
+                      label=label if label is not None and label.exists() else None,
+                      problems=tuple(errors), series=groups, identification=tuple(reasons))
+        if self.allow_missing and missing and not errors and len(missing) < len(self.channels):
+            ref = stand_in(ref, self.channels, missing)
+        return ref
 
     @staticmethod
     def _names(studies: dict[str, list[SeriesInfo]]) -> dict[str, str]:
@@ -144,28 +168,51 @@ class DicomSource(Source):
         return names
 
     def _assign(self, name: str, study_uid: str, members: list[SeriesInfo]
-                ) -> tuple[list[SeriesInfo | None], list[str]]:
+                ) -> tuple[list[SeriesInfo | None], dict[str, str], list[tuple], bool]:
+        """Choose each channel's series: ``(chosen per channel, problems per channel, reasons of
+        the chosen ones, whether any series was a candidate)``; ambiguities are problems, a channel
+        without any candidate is a problem keyed ``"missing:<channel>"``."""
         mapping = self.mapping.get(name) or self.mapping.get(study_uid)
-        chosen: list[SeriesInfo | None] = []
-        problems = []
         where = members[0].files[0].parent
+        found = sorted({s.description for s in members})
+        if mapping is not None:
+            return self._from_mapping(name, mapping, members, where, found)
+        identified = identify_series(members, self.channels, self.patterns)
+        chosen: list[SeriesInfo | None] = []
+        problems: dict[str, str] = {}
+        reasons = []
         for c in self.channels:
-            if mapping is not None:
-                want = mapping.get(c)
-                hits = [s for s in members if want in (s.series_uid, s.description)]
-                how = f"mapping {want!r}"
+            pick, why = choose(identified, c)
+            chosen.append(pick.series if pick else None)
+            if pick is not None:
+                reasons.append(identification_record(c, pick))
+            elif why.startswith("no series"):
+                seen = "; ".join(f"{x.label()}: {x.contrast or 'none'}" for x in identified)
+                problems[f"missing:{c}"] = (f"{where}: no series matches channel {c!r} in study of {name} "
+                                            f"(identified: {seen}); series descriptions found: {found}")
             else:
-                hits = [s for s in members if self.patterns[c].search(s.description)]
-                how = f"pattern {self.patterns[c].pattern!r}"
-            if len(hits) != 1:
-                found = sorted({s.description for s in members})
+                problems[c] = f"{where}: channel {c!r} in study of {name}: {why}"
+        return chosen, problems, reasons, any(x.channel for x in identified)
+
+    def _from_mapping(self, name: str, mapping: dict[str, str], members: list[SeriesInfo], where: Path,
+                      found: list[str]) -> tuple[list[SeriesInfo | None], dict[str, str], list[tuple], bool]:
+        """Each channel's series as the mapping file names it (SeriesInstanceUID or exact description)."""
+        chosen: list[SeriesInfo | None] = []
+        problems: dict[str, str] = {}
+        reasons = []
+        for c in self.channels:
+            want = mapping.get(c)
+            hits = [s for s in members if want in (s.series_uid, s.description)]
+            if len(hits) == 1:
+                reasons.append((c, hits[0].series_uid, hits[0].series_number, hits[0].description,
+                                (f"data.series_mapping names {want!r}",)))
+            else:
                 what = "no series matches" if not hits else f"{len(hits)} series match"
-                problems.append(f"{where}: {what} channel {c!r} ({how}) in study of {name}; "
-                                f"series descriptions found: {found}")
-                chosen.append(None)
-            else:
-                chosen.append(hits[0])
-        return chosen, problems
+                key = f"missing:{c}" if not hits else c
+                problems[key] = (f"{where}: {what} channel {c!r} (mapping {want!r}) in study of {name}; "
+                                 f"series descriptions found: {found}")
+            chosen.append(hits[0] if len(hits) == 1 else None)
+        return chosen, problems, reasons, True
 
     def check(self, ref: CaseRef) -> tuple[Case | None, list[str]]:
         """Build every channel's volume and list every problem."""
@@ -195,7 +242,7 @@ class DicomSource(Source):
             else:
                 problems.append(f"{v.files[0]}: channel {c!r} {why} of channel {self.channels[0]!r}")
         for c, d, v in zip(self.channels, data, vols):
-            if not d.any():
+            if c not in ref.missing and not d.any():
                 problems.append(f"{v.files[0]}: channel {c!r} is empty (every voxel is zero)")
         label = None
         if ref.label is not None:
@@ -213,7 +260,8 @@ class DicomSource(Source):
                 problems.append(str(e))
         if problems:
             return None, problems
-        return Case(ref=ref, image=np.stack(data), affine=first.affine, label=label), []
+        image = zero_channels(np.stack(data), self.channels, ref.missing)
+        return Case(ref=ref, image=image, affine=first.affine, label=label), []
 
 
 class XraySource(Source):

@@ -1,0 +1,209 @@
+"""Contrast identification from the DICOM acquisition (issue 15, item 1): every built-in study maps
+its four contrasts in each vendor's description style, with misleading descriptions and with none;
+the reasons reach verification.json; every ambiguity message names both series and is true."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from medseg.data.contrasts import choose, identify_series, weighting
+from medseg.data.io.dicom import scan
+from medseg.data.sources import make_source
+from medseg.data.sources.base import walk_files
+from medseg.data.synthetic import SynthConfig
+from medseg.data.synthetic_formats import CONTRAST_AGENT, DICOM_STYLES, write_dicom_dataset
+from medseg.data.verify import verify_dataset
+
+SMALL = SynthConfig(n=6, n_test=0, spacing=12.0, fov_mm=(96.0, 108.0, 84.0), seed=1, tumour_free_fraction=0.0)
+#: series number of each channel in the built-in studies (1 is the localiser)
+NUMBERS = {"FLAIR": 2, "T1w": 3, "t1gd": 4, "T2w": 5}
+
+
+@pytest.fixture(scope="module")
+def studies(tmp_path_factory) -> Path:
+    """One study per description style (generic, Siemens, GE, Philips, misleading, none)."""
+    return write_dicom_dataset(tmp_path_factory.mktemp("styles") / "dcm", SMALL, workers=1)
+
+
+def _copy_series(root: Path, case: str, series: str, new_number: int, **changes: str) -> Path:
+    """Copy one series of a built-in study as a new series (new UIDs) with changed attributes."""
+    src = next((root / "dicom" / case).glob(f"*/{series}"))
+    dst = src.parent / f"SE{new_number:03d}"
+    uid = pydicom.uid.generate_uid()
+    for f in src.iterdir():
+        ds = pydicom.dcmread(f)
+        ds.SeriesInstanceUID, ds.SeriesNumber = uid, new_number
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+        for key, value in changes.items():
+            if value is None:
+                delattr(ds, key)
+            else:
+                setattr(ds, key, value)
+        dst.mkdir(exist_ok=True)
+        ds.save_as(dst / f.name)
+    return dst
+
+
+def test_every_style_maps_all_four_contrasts_from_the_acquisition(studies):
+    src = make_source("dicom", str(studies))
+    refs = {r.name: r for r in src.cases()}
+    assert len(refs) == len(DICOM_STYLES) == 6
+    for i, style in enumerate(DICOM_STYLES):
+        ref = refs[f"SUBJ{i + 1:03d}"]
+        assert not ref.problems, (style, ref.problems)
+        chosen = {c: (n, reasons) for c, _, n, _, reasons in ref.identification}
+        assert {c: n for c, (n, _) in chosen.items()} == NUMBERS, style
+        assert all(reasons for _, reasons in chosen.values()), style
+        post = " ".join(chosen["t1gd"][1])
+        assert f"ContrastBolusAgent {CONTRAST_AGENT!r}" in post, style
+        assert "acquired before series 4" in " ".join(chosen["T1w"][1]), style
+        assert "InversionTime 2500 ms >= 1500" in " ".join(chosen["FLAIR"][1]), style
+        case = src.load(ref)
+        assert case.image.shape[0] == 4 and all(case.image[c].any() for c in range(4))
+
+
+def test_misleading_descriptions_are_noted_and_overruled(studies):
+    ref = next(r for r in make_source("dicom", str(studies)).cases() if r.name == "SUBJ005")
+    reasons = {c: " ".join(r) for c, _, _, _, r in ref.identification}
+    assert "'T1 AX POST' suggests ['t1gd'] (ignored: the attributes decide)" in reasons["T1w"]
+    assert "'AX T2' suggests ['T2w'] (ignored" in reasons["FLAIR"]
+
+
+def test_siemens_post_contrast_has_only_the_agent_to_tell_it(studies):
+    ref = next(r for r in make_source("dicom", str(studies)).cases() if r.name == "SUBJ002")
+    described = {c: d for c, _, _, d, _ in ref.identification}
+    assert described["T1w"] == described["t1gd"] == "t1_mprage_sag_p2_iso"
+
+
+def test_enhanced_mr_functional_groups_give_the_weighting(studies):
+    ref = next(r for r in make_source("dicom", str(studies)).cases() if r.name == "SUBJ003")  # enhanced T1
+    reasons = {c: r for c, _, _, _, r in ref.identification}
+    assert reasons["T1w"][0] == "AcquisitionContrast T1"
+
+
+def test_reasons_are_recorded_in_verification_json(studies, tmp_path):
+    src = make_source("dicom", str(studies))
+    verify_dataset(src, tmp_path / "cache", "key", 1, False, tmp_path)
+    report = json.loads((tmp_path / "verification.json").read_text())
+    assert report["n_ok"] == 6
+    for case in report["cases"]:
+        assert set(case["contrasts"]) == set(NUMBERS)
+        assert all(v["reasons"] and v["series_uid"] for v in case["contrasts"].values())
+
+
+def test_two_flairs_are_an_ambiguity_naming_both_and_what_ties_them(studies, tmp_path):
+    root = shutil.copytree(studies, tmp_path / "dcm")
+    copy = _copy_series(root, "SUBJ006", "SE002", 9)  # descriptions removed: nothing separates them
+    ref = next(r for r in make_source("dicom", str(root)).cases() if r.name == "SUBJ006")
+    assert len(ref.problems) == 1
+    message = ref.problems[0]
+    uids = {pydicom.dcmread(next(copy.iterdir())).SeriesInstanceUID,
+            pydicom.dcmread(next((copy.parent / "SE002").iterdir())).SeriesInstanceUID}
+    assert all(uid in message for uid in uids)
+    assert "channel 'FLAIR'" in message and "2 series are candidates" in message
+    assert "all identified as FLAIR from their acquisition attributes, and no description matches" in message
+    assert message.count("InversionTime 2500 ms") == 2
+    assert "no DICOM series matches" not in message and "\n" not in message
+
+
+def test_a_description_breaks_a_tie_and_the_mapping_overrides(studies, tmp_path):
+    root = shutil.copytree(studies, tmp_path / "dcm")
+    _copy_series(root, "SUBJ006", "SE002", 9, SeriesDescription="AX FLAIR")
+    ref = next(r for r in make_source("dicom", str(root)).cases() if r.name == "SUBJ006")
+    assert not ref.problems
+    assert {c: n for c, _, n, _, _ in ref.identification}["FLAIR"] == 9
+    mapping = root / "mapping.json"
+    uid = {c: u for c, u, _, _, _ in ref.identification}
+    mapping.write_text(json.dumps({"SUBJ006": {**uid, "FLAIR": uid["T2w"]}}))
+    ref = next(r for r in make_source("dicom", str(root), series_mapping=str(mapping)).cases() if r.name == "SUBJ006")
+    chosen = {c: (n, r) for c, _, n, _, r in ref.identification}
+    assert chosen["FLAIR"][0] == 5 and chosen["FLAIR"][1][0].startswith("data.series_mapping names")
+
+
+def test_two_t1_without_any_agent_are_an_ambiguity_that_says_so(studies, tmp_path):
+    root = shutil.copytree(studies, tmp_path / "dcm")
+    post = next((root / "dicom" / "SUBJ006").glob("*/SE004"))
+    for f in post.iterdir():  # the agent removed: an MPRAGE and a spin echo, both T1, no descriptions
+        ds = pydicom.dcmread(f)
+        del ds.ContrastBolusAgent, ds.ContrastBolusRoute
+        ds.save_as(f)
+    ref = next(r for r in make_source("dicom", str(root)).cases() if r.name == "SUBJ006")
+    message = next(p for p in ref.problems if "'T1w'" in p)
+    assert "2 series are candidates (all identified as T1" in message
+    assert message.count("no series of the study records ContrastBolusAgent") == 2
+    assert "series 3 ''" in message and "series 4 ''" in message
+    assert "no series matches channel 't1gd'" in " ".join(ref.problems)
+
+
+def test_no_candidate_anywhere_says_what_was_found(tmp_path):
+    root = write_dicom_dataset(tmp_path / "dcm", SynthConfig(n=1, spacing=12.0, fov_mm=(96.0, 108.0, 84.0)),
+                               workers=1, styles=("none",))
+    for series in (root / "dicom").glob("*/*/SE00[2-5]"):
+        shutil.rmtree(series)  # the localiser alone is left
+    with pytest.raises(Exception) as err:
+        make_source("dicom", str(root)).cases()
+    assert "no DICOM series is identified as any of the channels" in str(err.value)
+    assert "<no description>" in str(err.value)
+
+
+def test_a_study_without_one_series_is_accepted_only_when_allowed(studies, tmp_path):
+    root = shutil.copytree(studies, tmp_path / "dcm")
+    shutil.rmtree(next((root / "dicom" / "SUBJ004").glob("*/SE005")))  # no T2
+    src = make_source("dicom", str(root))
+    ref = next(r for r in src.cases() if r.name == "SUBJ004")
+    assert any("no series matches channel 'T2w'" in p for p in ref.problems)
+    src.allow_missing = True
+    ref = next(r for r in src.cases() if r.name == "SUBJ004")
+    assert not ref.problems and ref.missing == ("T2w",)
+    case = src.load(ref)
+    assert not case.image[3].any() and all(case.image[c].any() for c in range(3))
+
+
+@pytest.mark.parametrize("attrs,expected", [
+    ({"AcquisitionContrast": "FLUID_ATTENUATED"}, "FLAIR"),
+    ({"ScanningSequence": ["SE", "IR"], "InversionTime": 150.0, "RepetitionTime": 5000.0, "EchoTime": 60.0}, "STIR"),
+    ({"ScanningSequence": ["SE"], "RepetitionTime": 3000.0, "EchoTime": 15.0}, "PD"),
+    ({"ScanningSequence": ["GR"], "RepetitionTime": 650.0, "EchoTime": 20.0}, "T2*"),
+    ({"ScanningSequence": ["GR"], "RepetitionTime": 8.1, "EchoTime": 3.7}, "T1"),
+    ({"ScanningSequence": ["SE"]}, None),
+])
+def test_weighting_rules(attrs, expected):
+    weight, reasons = weighting(attrs)
+    assert weight == expected and reasons
+
+
+def test_localisers_derived_and_projection_images_are_not_inputs(studies):
+    series, _ = scan(walk_files(studies / "dicom" / "SUBJ001"))
+    import re
+
+    patterns = {c: re.compile(p, re.I) for c, p in {"FLAIR": "flair", "T1w": "t1", "t1gd": "gd", "T2w": "t2"}.items()}
+    loc = next(s for s in series if s.series_number == 1)
+    flair = next(s for s in series if s.series_number == 2)
+    mip = type(flair)(**{**flair.__dict__, "series_uid": "1.2.3", "series_number": 7,
+                         "acquisition": {**flair.acquisition, "ImageType": ["DERIVED", "SECONDARY", "MIP"]}})
+    got = identify_series([loc, flair, mip], list(patterns), patterns)
+    assert got[0].channel is None and "a localiser" in got[0].reasons[0]
+    assert got[2].channel is None and "a projection (MIP)" in got[2].reasons[0]
+    assert choose(got, "FLAIR")[0].series is flair
+
+
+DCIODVFY = shutil.which("dciodvfy")
+
+
+@pytest.mark.skipif(DCIODVFY is None, reason="dciodvfy is not installed (make validators)")
+def test_misleading_and_description_free_studies_pass_dciodvfy(studies):
+    files = [f for case in ("SUBJ005", "SUBJ006") for f in sorted((studies / "dicom" / case).rglob("IM*"))[::5]]
+    errors = []
+    for f in files:
+        out = subprocess.run([DCIODVFY, str(f)], capture_output=True, text=True, timeout=60)
+        errors += [f"{f}: {x}" for x in (out.stdout + out.stderr).splitlines() if x.startswith("Error")]
+    assert files and not errors, "\n".join(errors[:20])
+    assert np.all([pydicom.dcmread(f, stop_before_pixels=True).get("SeriesDescription") is None
+                   for f in files if "SUBJ006" in str(f)])
