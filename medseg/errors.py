@@ -10,8 +10,19 @@ from __future__ import annotations
 from pathlib import Path
 
 
+def one_line(text: object) -> str:
+    """``text`` as one line: newlines and runs of white space inside (library) messages folded."""
+    return " ".join(str(text).split())
+
+
 class MedsegError(Exception):
-    """Base class for errors caused by input data or configuration."""
+    """Base class for errors caused by input data or configuration.
+
+    The message is always one line: newlines inside it (often from a library's message) are folded.
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(one_line(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(MedsegError):
@@ -28,8 +39,8 @@ class DataError(MedsegError):
 
     def __init__(self, path: str | Path, problem: str) -> None:
         self.path = Path(path)
-        self.problem = problem
-        super().__init__(f"{path}: {problem}")
+        self.problem = one_line(problem)
+        super().__init__(f"{path}: {self.problem}")
 
 
 class ArtifactError(MedsegError):
@@ -38,3 +49,22 @@ class ArtifactError(MedsegError):
 
 class PartialFailure(MedsegError):
     """Some cases of a batch failed; the others finished and their outputs are kept."""
+
+
+def failure_line(where: str | Path, error: BaseException) -> str:
+    """One line describing an unexpected per-case failure, naming the file or case.
+
+    A :class:`MemoryError` (which usually carries no message) reads ``out of memory``.
+    """
+    if isinstance(error, MemoryError):
+        detail = f" ({one_line(error)})" if str(error).strip() else ""
+        return f"{where}: out of memory while processing this case{detail}"
+    if isinstance(error, MedsegError):
+        return str(error)
+    return f"{where}: {type(error).__name__}: {one_line(error)}"
+
+
+def case_error(where: str | Path, error: BaseException) -> MedsegError:
+    """``error`` as a :class:`MedsegError` (itself when it already is one), for per-case loops
+    that catch memory exhaustion and report it in one line like any other bad case."""
+    return error if isinstance(error, MedsegError) else MedsegError(failure_line(where, error))

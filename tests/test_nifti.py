@@ -81,3 +81,34 @@ def test_voxel_budget_checked_before_reading(tmp_path):
     path = _write(tmp_path / "big.nii.gz", np.zeros((10, 10, 10), np.float32))
     with pytest.raises(DataError, match="exceed the budget"):
         read_nifti(path, max_voxels=999)
+
+
+def test_gzip_streams_are_inflated_within_the_header_budget(tmp_path):
+    """Multi-member gzip is read; a stream longer or shorter than the header promises is refused
+    in one line naming the file (issue 15)."""
+    import gzip
+
+    from medseg.data.io.nifti import inflate_bounded, read_nifti
+    from medseg.errors import DataError
+
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    raw = nib.Nifti1Image(data, np.eye(4)).to_bytes()
+    ok = tmp_path / "ok.nii.gz"
+    ok.write_bytes(gzip.compress(raw[:100]) + gzip.compress(raw[100:]))  # two members
+    np.testing.assert_array_equal(read_nifti(ok).data, data)
+    assert bytes(inflate_bounded(ok, len(raw))) == raw
+    longer = tmp_path / "longer.nii.gz"
+    longer.write_bytes(gzip.compress(raw + bytes(10_000)))
+    with pytest.raises(DataError, match=r"longer\.nii\.gz: gzip stream holds more than the \d+ bytes"):
+        read_nifti(longer)
+    short = tmp_path / "short.nii.gz"
+    short.write_bytes(gzip.compress(raw[:-50]))
+    with pytest.raises(DataError, match=r"short\.nii\.gz: truncated"):
+        read_nifti(short)
+    noisy = nib.Nifti1Image(np.random.default_rng(0).integers(0, 999, (20, 20, 20)).astype(np.int16),
+                            np.eye(4)).to_bytes()
+    cut = tmp_path / "cut.nii.gz"
+    cut.write_bytes(gzip.compress(noisy)[: len(noisy) // 2])
+    with pytest.raises(DataError, match=r"cut\.nii\.gz: truncated") as e:
+        read_nifti(cut)
+    assert "\n" not in str(e.value)

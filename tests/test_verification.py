@@ -105,7 +105,7 @@ def _budget(root):
 def _truncated(root):
     p = _file(root, 0, "flair")
     p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
-    return p, "truncated or corrupt image data"
+    return p, "truncated gzip stream"
 
 
 def _unreadable(root):
@@ -144,7 +144,8 @@ def test_channel_count_in_datalist(brats_root, tmp_path):
     root = _copy(brats_root, tmp_path)
     name = sorted(p.name for p in root.iterdir())[0]
     (root / "dl.json").write_text(json.dumps({"training": [
-        {"image": [f"{name}/{name}_{s}.nii.gz" for s in ("flair", "t1", "t1ce")]}]}))
+        {"image": [f"{name}/{name}_{s}.nii.gz" for s in ("flair", "t1", "t1ce")],
+         "label": f"{name}/{name}_seg.nii.gz"}]}))
     src = make_source("nifti", str(root), channels=["a", "b", "c", "d"], datalist="dl.json")
     _, problems = src.check(src.cases()[0])
     assert problems == [f"{root / name / (name + '_flair.nii.gz')}: expected 4 channel files, got 3"]

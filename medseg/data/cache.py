@@ -20,7 +20,7 @@ import numpy as np
 
 from medseg.data.preprocess import PreprocessSpec, preprocess
 from medseg.data.sources import CaseRef, Source, source_options
-from medseg.errors import MedsegError
+from medseg.errors import MedsegError, failure_line
 from medseg.utils.files import atomic_dir, read_json, sha256_file, to_json, write_json
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def prepare_case(source: Source, ref: CaseRef, check: dict[str, Any], spec: Prep
     except MedsegError as e:
         return str(e)
     except (OSError, ValueError, MemoryError) as e:
-        return f"{ref.images[0]}: {type(e).__name__}: {e}"
+        return failure_line(ref.images[0], e)
 
 
 def _write_entry(source: Source, ref: CaseRef, spec: PreprocessSpec, entry: Path) -> dict[str, Any]:

@@ -20,8 +20,10 @@ def fingerprint(metas: list[dict[str, Any]], channels: tuple[str, ...], labels: 
     """
     spacings = np.asarray([m["stats"]["spacing"] for m in metas])
     shapes = np.asarray([m["stats"]["shape"] for m in metas])
-    counts = np.asarray([m["stats"]["label_counts"] for m in metas if m["stats"]["label_counts"]])
-    total = counts.sum(axis=0) if counts.size else np.zeros(4)
+    listed = [m["stats"]["label_counts"] for m in metas if m["stats"]["label_counts"]]
+    width = max([labels.num_classes, *map(len, listed)])  # cases without the highest label count fewer
+    counts = np.asarray([list(c) + [0] * (width - len(c)) for c in listed])
+    total = counts.sum(axis=0) if counts.size else np.zeros(width)
     return {
         "n_cases": len(metas),
         "n_labelled": int(len(counts)),

@@ -17,9 +17,10 @@ from typing import Any
 import numpy as np
 
 from medseg.data.cache import input_hash
+from medseg.data.contrasts import identification_json
 from medseg.data.geometry import ras_shape, ras_spacing
 from medseg.data.sources import CaseRef, Source
-from medseg.errors import DataError, MedsegError
+from medseg.errors import DataError, MedsegError, failure_line
 from medseg.utils.files import read_json, write_json, write_text
 from medseg.utils.parallel import parallel_map
 
@@ -106,7 +107,7 @@ def verify_case(source: Source, ref: CaseRef, verified: Path, src_key: str) -> d
     except MedsegError as e:
         return {"problems": [str(e)]}
     except (OSError, ValueError, MemoryError) as e:
-        return {"problems": [f"{ref.files[0] if ref.files else ref.name}: {type(e).__name__}: {e}"]}
+        return {"problems": [failure_line(ref.files[0] if ref.files else ref.name, e)]}
 
 
 def case_stats(image: np.ndarray, label: np.ndarray | None, affine: np.ndarray) -> dict[str, Any]:
@@ -176,7 +177,9 @@ def write_verification(out_dir: Path, source: Source, result: Verification, skip
         "dataset_problems": result.dataset_problems,
         "cases": [{"name": r.name, "ok": not c["problems"], "problems": c["problems"],
                    "files": [str(f) for f in r.files][:8], "n_files": len(r.files),
-                   "verified_from_cache": c.get("reused", False)} for r, c in zip(refs, result.checks)],
+                   "verified_from_cache": c.get("reused", False),
+                   **({"contrasts": identification_json(r)} if r.identification else {})}
+                  for r, c in zip(refs, result.checks)],
     }
     write_json(out_dir / "verification.json", report)
     lines = [f"verification of {source.root}: {report['n_ok']} of {len(refs)} cases OK, {len(bad)} with problems"]

@@ -9,6 +9,7 @@ import numpy as np
 from medseg.data.labels import LabelSpec
 from medseg.metrics.overlap import EmptyConvention, dice, iou, rates
 from medseg.metrics.lesions import lesion_metrics
+from medseg.metrics.lesions_brats2025 import lesion_metrics_brats2025
 from medseg.metrics.surface import surface_metrics
 
 
@@ -19,7 +20,8 @@ def label_structure(code: int, name: str) -> str:
 
 def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], labels: LabelSpec,
                  percentile: float = 95.0, empty: EmptyConvention = EmptyConvention(),
-                 nsd_tolerance_mm: float = 1.0, lesion_wise: bool = True) -> dict[str, dict[str, float | None]]:
+                 nsd_tolerance_mm: float = 1.0, lesion_wise: bool = True,
+                 lesion_convention: str = "brats2023") -> dict[str, dict[str, float | None]]:
     """Overlap, surface and volume metrics for every region and every foreground label.
 
     Args:
@@ -30,7 +32,10 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], la
         percentile: Hausdorff percentile (95 for HD95).
         empty: empty-mask convention.
         nsd_tolerance_mm: tolerance of the normalised surface Dice.
-        lesion_wise: add BraTS 2023 lesion-wise metrics (``lesion_*``) for the regions.
+        lesion_wise: add lesion-wise metrics (``lesion_*``) for the regions.
+        lesion_convention: ``brats2023`` (:mod:`medseg.metrics.lesions`) or ``brats2025``
+            (:mod:`medseg.metrics.lesions_brats2025`; an undefined value is ``None``, an infinite
+            HD95 (nothing matched) is scored as the empty convention's HD).
 
     Returns:
         ``{structure: {"dice", "iou", "hd95", "msd", "nsd", "sensitivity", "specificity",
@@ -62,5 +67,18 @@ def case_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], la
             "volume_diff_ml": vp - vr,
         }
         if lesion_wise and name in labels.regions:
-            out[name].update(lesion_metrics(p, r, spacing))
+            out[name].update(lesion_scores(p, r, spacing, lesion_convention, empty))
+    return out
+
+
+def lesion_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], convention: str,
+                  empty: EmptyConvention) -> dict[str, float | None]:
+    """Lesion-wise metrics of one region under ``convention`` (``brats2023`` or ``brats2025``)."""
+    if convention == "brats2023":
+        return lesion_metrics(pred, ref, spacing)
+    if convention != "brats2025":
+        raise ValueError(f"evaluate.lesion_convention={convention!r}; expected brats2023 or brats2025")
+    out: dict[str, float | None] = {}
+    for key, value in lesion_metrics_brats2025(pred, ref, spacing).items():
+        out[key] = None if np.isnan(value) else (empty.one_empty_hd if np.isinf(value) else value)
     return out

@@ -21,6 +21,9 @@ from medseg.utils.files import atomic_path
 #: Refuse files whose header promises more voxels than this (checked before any allocation).
 DEFAULT_MAX_VOXELS = 512 * 512 * 512 * 4
 
+#: First two bytes of every gzip member.
+GZIP_MAGIC = b"\x1f\x8b"
+
 
 @dataclass
 class NiftiVolume:
@@ -54,6 +57,11 @@ def read_nifti(path: str | Path, *, ndim: tuple[int, ...] = (3, 4),
                max_voxels: int = DEFAULT_MAX_VOXELS, dtype: type = np.float32) -> NiftiVolume:
     """Read a NIfTI file and validate it.
 
+    The header's shape is checked against ``max_voxels`` before anything is decoded, and a gzip
+    stream is inflated under a running byte budget: the image bytes the header promises. A stream
+    that holds more (a gzip bomb) or less (truncated) stops early with one line naming the file,
+    so memory never exceeds what the header declared.
+
     Args:
         path: ``.nii`` or ``.nii.gz`` file.
         ndim: accepted numbers of dimensions.
@@ -61,23 +69,17 @@ def read_nifti(path: str | Path, *, ndim: tuple[int, ...] = (3, 4),
         dtype: dtype of the returned array.
 
     Raises:
-        DataError: missing, unreadable, truncated, wrong dimensionality, too large, non-finite
-            values, or a singular affine.
+        DataError: missing, unreadable, truncated, oversized gzip stream, wrong dimensionality,
+            too large, out of memory, non-finite values, or a singular affine.
     """
     img = read_header(path)
     path = Path(path)
-    shape = tuple(int(s) for s in img.shape)
-    if len(shape) == 5 and shape[3] == 1:  # some writers store channels in dim 5
-        shape = shape[:3] + shape[4:]
-    if len(shape) not in ndim:
-        raise DataError(path, f"expected {' or '.join(map(str, ndim))}D image, got shape {shape}")
-    n = int(np.prod(shape, dtype=np.int64))
-    if n > max_voxels:
-        raise DataError(path, f"header dimensions {shape} ({n} voxels) exceed the budget of {max_voxels} voxels")
-    if n == 0:
-        raise DataError(path, f"image is empty (shape {shape})")
+    shape = _checked_shape(img, path, ndim, max_voxels)
     try:
-        data = np.asarray(img.dataobj, dtype=dtype).reshape(shape)
+        data = _decode(img, path, shape, dtype)
+    except MemoryError as e:
+        raise DataError(path, f"out of memory decoding {int(np.prod(shape, dtype=np.int64))} voxels "
+                              f"(lower data.max_voxels or free memory)") from e
     except (EOFError, OSError, ValueError, zlib.error, gzip.BadGzipFile) as e:
         raise DataError(path, f"truncated or corrupt image data ({type(e).__name__}: {e})") from e
     if not np.isfinite(data).all():
@@ -87,6 +89,91 @@ def read_nifti(path: str | Path, *, ndim: tuple[int, ...] = (3, 4),
     if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
         raise DataError(path, "affine is singular or not finite (broken qform/sform)")
     return NiftiVolume(data=data, affine=affine, path=path)
+
+
+def _checked_shape(img: nib.Nifti1Image, path: Path, ndim: tuple[int, ...], max_voxels: int) -> tuple[int, ...]:
+    """The header's shape (channels of dim 5 folded into dim 4), refused when outside ``ndim`` or
+    over ``max_voxels`` (nothing is decoded before this check)."""
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 5 and shape[3] == 1:  # some writers store channels in dim 5
+        shape = shape[:3] + shape[4:]
+    if len(shape) not in ndim:
+        raise DataError(path, f"expected {' or '.join(map(str, ndim))}D image, got shape {shape}")
+    n = int(np.prod(shape, dtype=np.int64))
+    if n > max_voxels:
+        raise DataError(path, f"header dimensions {shape} ({n} voxels) exceed the budget of {max_voxels} voxels "
+                              f"(data.max_voxels)")
+    if n == 0:
+        raise DataError(path, f"image is empty (shape {shape})")
+    return shape
+
+
+def _decode(img: nib.Nifti1Image, path: Path, shape: tuple[int, ...], dtype: type) -> np.ndarray:
+    """The image data as ``dtype``: gzip streams inflated under the header's byte budget,
+    uncompressed files checked for truncation before they are mapped."""
+    header = img.header
+    raw_dtype = header.get_data_dtype()
+    offset = int(img.dataobj.offset)
+    nbytes = int(np.prod(img.shape, dtype=np.int64)) * raw_dtype.itemsize
+    with open(path, "rb") as f:
+        gzipped = f.read(2) == GZIP_MAGIC
+    if not gzipped:
+        size = path.stat().st_size
+        if size < offset + nbytes:
+            raise DataError(path, f"truncated: the header promises {offset + nbytes} bytes, the file holds {size}")
+        return np.asarray(img.dataobj, dtype=dtype).reshape(shape)
+    buf = inflate_bounded(path, offset + nbytes)
+    raw = np.ndarray(img.shape, dtype=raw_dtype, buffer=buf, offset=offset, order="F")
+    data = raw.astype(dtype)
+    del raw, buf
+    slope, inter = header.get_slope_inter()
+    if slope is not None and (slope, inter or 0.0) != (1.0, 0.0):
+        data *= dtype(slope)
+        data += dtype(inter or 0.0)
+    return data.reshape(shape)
+
+
+def inflate_bounded(path: str | Path, budget: int, chunk: int = 1 << 20) -> bytearray:
+    """Inflate a gzip file (one or more members) into exactly ``budget`` bytes.
+
+    Memory stays within ``budget`` plus one ``chunk``: decoding stops as soon as the stream
+    would produce more, so a gzip bomb is refused after at most ``budget`` bytes.
+
+    Raises:
+        DataError: the stream holds more or fewer than ``budget`` bytes, or is corrupt.
+    """
+    out = bytearray(budget)
+    pos = 0
+    inflater = zlib.decompressobj(wbits=31)
+    with open(path, "rb") as f:
+        data = f.read(chunk)
+        while data:
+            piece = inflater.decompress(data, budget - pos + 1)
+            pos = _append(out, pos, piece, path)
+            if inflater.eof:  # a further gzip member may follow
+                data = inflater.unused_data or f.read(chunk)
+                if data.strip(b"\0"):
+                    inflater = zlib.decompressobj(wbits=31)
+                else:
+                    data = b""
+                continue
+            data = inflater.unconsumed_tail or f.read(chunk)
+        if not inflater.eof:
+            pos = _append(out, pos, inflater.flush(budget - pos + 1), path)
+            raise DataError(path, f"truncated gzip stream: it ends after {pos} of the {budget} bytes "
+                                  f"the header promises")
+    if pos < budget:
+        raise DataError(path, f"truncated: the gzip stream holds {pos} of the {budget} bytes the header promises")
+    return out
+
+
+def _append(out: bytearray, pos: int, piece: bytes, path: str | Path) -> int:
+    """Copy ``piece`` into ``out`` at ``pos``; refuse a stream that outgrows ``out``."""
+    if pos + len(piece) > len(out):
+        raise DataError(path, f"gzip stream holds more than the {len(out)} bytes the header promises "
+                              f"(stopped decoding there: corrupt file or gzip bomb)")
+    out[pos:pos + len(piece)] = piece
+    return pos + len(piece)
 
 
 def write_nifti(path: str | Path, data: np.ndarray, affine: np.ndarray,

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.io.nifti import DEFAULT_MAX_VOXELS, NiftiVolume, read_nifti
-from medseg.data.labels import LabelSpec, check_nested, label_spec, region_masks, remap_labels
+from medseg.data.labels import LabelSpec, check_nested, label_spec, nested_chain, region_masks, remap_labels
 from medseg.errors import DataError
 
 
@@ -36,6 +36,12 @@ class CaseRef:
         split: ``"train"`` or ``"test"`` as the dataset declares it.
         problems: problems found while listing the dataset (a path escaping the root, ...).
         series: DICOM only: the files of each channel's series, in channel order.
+        identification: DICOM only: why each channel's series was chosen, one
+            ``(channel, SeriesInstanceUID, SeriesNumber, SeriesDescription, reasons)`` per channel
+            (see :mod:`medseg.data.contrasts`).
+        missing: channels the case lacks (a study without that series, a folder without that
+            file); their slot in ``images``/``series`` holds another channel's files as a stand-in
+            for the grid, and the loaded channel is zero (see :func:`medseg.data.contrasts.zero_channels`).
     """
 
     name: str
@@ -44,6 +50,8 @@ class CaseRef:
     split: str = "train"
     problems: tuple[str, ...] = ()
     series: tuple[tuple[Path, ...], ...] = ()
+    identification: tuple[tuple[str, str, int, str, tuple[str, ...]], ...] = ()
+    missing: tuple[str, ...] = ()
 
     @property
     def files(self) -> tuple[Path, ...]:
@@ -121,7 +129,7 @@ class Source(ABC):
             return None
         try:
             label = remap_labels(raw.astype(np.int64), self.convention, str(path))
-            check_nested(region_masks(label, self.labels.regions), tuple(self.labels.regions), str(path))
+            check_nested(region_masks(label, self.labels.regions), nested_chain(self.labels.regions), str(path))
         except DataError as e:
             problems.append(str(e))
             return None

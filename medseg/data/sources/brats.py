@@ -29,7 +29,13 @@ CHANNELS = ("FLAIR", "T1w", "t1gd", "T2w")
 RELEASES: dict[str, tuple[tuple[str, ...], str, str]] = {
     "brats2021": (("_flair", "_t1", "_t1ce", "_t2"), "_seg", "brats2021"),
     "brats2023": (("-t2f", "-t1n", "-t1c", "-t2w"), "-seg", "brats2023"),
+    # BraTS 2024+ tasks name files as 2023 does; their label codings are chosen explicitly
+    **{c: (("-t2f", "-t1n", "-t1c", "-t2w"), "-seg", c)
+       for c in ("brats2024_gli", "brats2024_met", "brats2024_men", "brats2024_ped")},
 }
+
+#: Releases told apart by their file naming (``convention=auto``).
+DETECTED = ("brats2021", "brats2023")
 
 _EXT = re.compile(r"\.nii(\.gz)?$")
 
@@ -58,10 +64,11 @@ class BraTSSource(Source):
 
     def detect(self, root: Path) -> str:
         """The release whose file naming the case folders use."""
-        votes = {r: 0 for r in RELEASES}
+        votes = {r: 0 for r in DETECTED}
         for folder in self.folders[:20]:
             names = {_EXT.sub("", f.name) for f in folder.iterdir()}
-            for release, (suffixes, _, _) in RELEASES.items():
+            for release in DETECTED:
+                suffixes = RELEASES[release][0]
                 votes[release] += all(folder.name + s in names for s in suffixes)
         best = max(votes, key=votes.get)
         if not votes[best]:

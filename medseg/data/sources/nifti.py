@@ -40,6 +40,62 @@ def pattern_regex(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(out) + r"\Z")
 
 
+#: Datalist keys -> the split their entries belong to (``training``/``validation`` may be trained on).
+DATALIST_SPLITS = {"training": "train", "validation": "train", "test": "test", "testing": "test"}
+
+
+def datalist_problems(data: object) -> list[str]:
+    """Every schema problem of a datalist's JSON content (empty when it is valid).
+
+    The schema: an object with a ``training`` list; optional ``validation``, ``test`` and
+    ``testing`` lists. ``training``/``validation`` entries are objects with ``image`` (a path or a
+    non-empty list of paths) and ``label`` (a path); test entries are a path or an object with
+    ``image``. An optional ``name`` is a string.
+    """
+    if not isinstance(data, dict):
+        return [f"expected a JSON object with a 'training' list, got {json_type(data)}"]
+    problems = [] if "training" in data else ["missing the 'training' key"]
+    for key, split in DATALIST_SPLITS.items():
+        entries = data.get(key, [])
+        if not isinstance(entries, list):
+            problems.append(f"'{key}' must be a list, got {json_type(entries)}")
+            continue
+        for i, entry in enumerate(entries):
+            problems += [f"{key}[{i}] {p}" for p in _entry_problems(entry, labelled=split == "train")]
+    return problems
+
+
+def _entry_problems(entry: object, labelled: bool) -> list[str]:
+    """Schema problems of one datalist entry."""
+    if isinstance(entry, str) and not labelled:
+        return []
+    if not isinstance(entry, dict):
+        wanted = "'image' and 'label'" if labelled else "'image'"
+        return [f"must be an object with {wanted}, got {json_type(entry)}"]
+    problems = []
+    image = entry.get("image")
+    if image is None:
+        problems.append("has no 'image'")
+    elif not (isinstance(image, str) or (isinstance(image, list) and image and all(isinstance(i, str) for i in image))):
+        problems.append(f"'image' must be a path or a non-empty list of paths, got {json_type(image)}")
+    label = entry.get("label")
+    if label is None and labelled:
+        problems.append("has no 'label'")
+    elif label is not None and not isinstance(label, str):
+        problems.append(f"'label' must be a path, got {json_type(label)}")
+    if "name" in entry and not isinstance(entry["name"], str):
+        problems.append(f"'name' must be a string, got {json_type(entry['name'])}")
+    return problems
+
+
+def json_type(value: object) -> str:
+    """A JSON value's type as a user reads it (``list of 2``, ``number``, ...)."""
+    if isinstance(value, list):
+        return f"a list of {len(value)}" if value else "an empty list"
+    return {dict: "an object", str: "a string", bool: "a boolean", int: "a number", float: "a number",
+            type(None): "null"}.get(type(value), type(value).__name__)
+
+
 class NiftiSource(Source):
     """NIfTI files matched by patterns or listed in a datalist.
 
@@ -74,7 +130,9 @@ class NiftiSource(Source):
     def cases(self) -> list[CaseRef]:
         """Cases of the datalist, or every case id for which some pattern matches a file."""
         refs = self._from_datalist() if self.datalist else self._from_patterns()
-        names = [r.name for r in refs]
+        # cases whose listed paths escape the root or loop are reported by verification on their
+        # own; they never make a name clash (an escaping path's name says nothing)
+        names = [r.name for r in refs if not r.problems]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise DataError(self.datalist or self.root, f"duplicate case names {dup}")
@@ -110,15 +168,11 @@ class NiftiSource(Source):
         if not listing.is_file():
             raise DataError(listing, "datalist file not found")
         data = read_json(listing)
-        if not isinstance(data, dict):
-            raise DataError(listing, "datalist must be a JSON object with a 'training' list")
-        refs = []
-        for key, split in (("training", "train"), ("validation", "train"), ("test", "test"), ("testing", "test")):
-            entries = data.get(key, [])
-            if not isinstance(entries, list):
-                raise DataError(listing, f"'{key}' must be a list")
-            for i, entry in enumerate(entries):
-                refs.append(self._entry(entry, split, f"{key}[{i}]"))
+        problems = datalist_problems(data)
+        if problems:
+            raise DataError(listing, f"not a valid datalist ({len(problems)} problem(s)): " + "; ".join(problems))
+        refs = [self._entry(entry, split, f"{key}[{i}]")
+                for key, split in DATALIST_SPLITS.items() for i, entry in enumerate(data.get(key, []))]
         if not refs:
             raise DataError(listing, "datalist lists no cases under 'training', 'validation' or 'test'")
         return refs
@@ -127,8 +181,6 @@ class NiftiSource(Source):
         listing = self.datalist
         if isinstance(entry, str):
             entry = {"image": entry}
-        if not isinstance(entry, dict) or "image" not in entry:
-            raise DataError(listing, f"{where} has no 'image'")
         images = entry["image"] if isinstance(entry["image"], list) else [entry["image"]]
         problems, paths = [], []
         for rel in images:
