@@ -13,6 +13,11 @@
 #    index instead and gets the host's CA bundle as the EXTRA_CA_CERTS build argument.
 # 5. Build (classic builder, --network host), then run the batch job exactly as documented:
 #    --network none, a memory limit, the input mounted read-only; the outputs are checked.
+# 6. The BraTS 2023-2025 challenge convention, the same way: a flat folder of <id>-t1n/-t1c/-t2w/-t2f
+#    files in, <id>.nii.gz out in BraTS 2023 codes (names, grids and codes checked); the Dice of
+#    those outputs against the BraTS-coded references, computed here with numpy, must equal
+#    `medseg evaluate evaluate.labels=brats2023` of the same folders; a case missing its t1c file
+#    fails alone (exit 2, the contrast named in predictions.json).
 # Prints the image size, the build time and the per-case batch time. NO_CACHE=1 times a cold build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -138,6 +143,75 @@ docker run --rm --network none --memory "$MEMORY" -v "$PWD/$WORK/output:/pred:ro
   medseg evaluate evaluate.predictions=/pred evaluate.references=/refs evaluate.images=/images \
   evaluate.n_figures=1 hydra.run.dir=/eval >"$WORK/eval.log" 2>&1 || { tail -20 "$WORK/eval.log" >&2; log "evaluate in the container failed"; exit 2; }
 test -s "$WORK/eval/report.html" && test -s "$WORK/eval/metrics.json" || { log "evaluate wrote no report"; exit 2; }
+
+log "BraTS 2023 convention: flat <id>-t1n/-t1c/-t2w/-t2f.nii.gz folder, --network none --memory $MEMORY, input read-only"
+B="$WORK/brats"
+rm -rf "$B" && mkdir -p "$B/input" "$B/refs" "$B/output" "$B/eval" "$B/incomplete" "$B/out_incomplete"
+"$PY" - "$B" <<'PYDATA'
+import shutil, sys
+from pathlib import Path
+from medseg.data.synthetic import SynthConfig
+from medseg.data.synthetic_formats import write_brats_dataset
+work = Path(sys.argv[1])
+cases = write_brats_dataset(work / "cases", SynthConfig(n=3, n_test=0, seed=13, tumour_free_fraction=0.0), "brats2023")
+for case in sorted(cases.iterdir()):  # references in BraTS 2023 codes as <id>.nii.gz, images flat
+    for f in sorted(case.glob("*.nii.gz")):
+        seg = f.name.endswith("-seg.nii.gz")
+        shutil.copy(f, work / ("refs" if seg else "input") / f.name.replace("-seg.nii.gz", ".nii.gz"))
+PYDATA
+chmod 777 "$B/output" "$B/eval" "$B/out_incomplete"
+docker run --rm --network none --memory "$MEMORY" -v "$PWD/$B/input:/input:ro" -v "$PWD/$B/output:/output" \
+  "$IMAGE" >"$B/run.log" 2>&1 || { cat "$B/run.log" >&2; log "BraTS batch job failed"; exit 2; }
+docker run --rm --network none --memory "$MEMORY" -v "$PWD/$B/output:/pred:ro" -v "$PWD/$B/refs:/refs:ro" \
+  -v "$PWD/$B/eval:/eval" "$IMAGE" medseg evaluate evaluate.predictions=/pred evaluate.references=/refs \
+  evaluate.labels=brats2023 evaluate.n_figures=0 hydra.run.dir=/eval >"$B/eval.log" 2>&1 \
+  || { tail -20 "$B/eval.log" >&2; log "medseg evaluate of the BraTS outputs failed"; exit 2; }
+cp "$B"/input/*.nii.gz "$B/incomplete/"
+lacking=$(ls "$B"/incomplete/*-t1c.nii.gz | head -1)
+rm "$lacking"
+rc=0
+docker run --rm --network none --memory "$MEMORY" -v "$PWD/$B/incomplete:/input:ro" -v "$PWD/$B/out_incomplete:/output" \
+  "$IMAGE" >"$B/incomplete.log" 2>&1 || rc=$?
+[ "$rc" = 2 ] || { cat "$B/incomplete.log" >&2; log "a case missing $(basename "$lacking"): exit $rc, expected 2"; exit 2; }
+
+"$PY" - "$B" "$(basename "$lacking")" <<'PYCHECK'
+import json, sys
+from pathlib import Path
+import nibabel as nib, numpy as np
+work, lacking = Path(sys.argv[1]), sys.argv[2]
+ids = sorted(f.name.removesuffix("-t1n.nii.gz") for f in (work / "input").glob("*-t1n.nii.gz"))
+summary = json.loads((work / "output" / "predictions.json").read_text())
+assert summary["layout"] == "brats2023" and summary["labels"] == "brats2023", summary
+assert summary["n_ok"] == len(ids) == 3 and summary["n_failed"] == 0, summary
+assert sorted(f.name for f in (work / "output").glob("*.nii.gz")) == [f"{i}.nii.gz" for i in ids]
+metrics = {c["case"]: c for c in json.loads((work / "eval" / "metrics.json").read_text())["cases"]}
+# BraTS 2023+ codes: 1 necrotic/non-enhancing core, 2 edema/SNFH, 3 enhancing
+regions = {"whole_tumour": (1, 2, 3), "tumour_core": (1, 3), "enhancing_tumour": (3,)}
+rows = []
+for i in ids:
+    out, img = nib.load(work / "output" / f"{i}.nii.gz"), nib.load(work / "input" / f"{i}-t1n.nii.gz")
+    assert out.shape == img.shape, (i, out.shape, img.shape)
+    assert np.allclose(out.affine, img.affine, atol=1e-5), i
+    pred, ref = np.asarray(out.dataobj), np.asarray(nib.load(work / "refs" / f"{i}.nii.gz").dataobj)
+    assert set(np.unique(pred).tolist()) <= {0, 1, 2, 3}, (i, np.unique(pred))
+    for region, codes in regions.items():
+        p, r = np.isin(pred, codes), np.isin(ref, codes)
+        assert r.any(), (i, region)
+        dice = 2.0 * np.count_nonzero(p & r) / (np.count_nonzero(p) + np.count_nonzero(r))
+        theirs = metrics[i][region]["dice"]
+        assert abs(dice - theirs) < 1e-6, (i, region, dice, theirs)
+        rows.append(dice)
+table = np.array(rows).reshape(len(ids), len(regions))
+print(f"[docker-test] BraTS 2023 outputs OK: {len(ids)} <id>.nii.gz on the input grids, codes in {{0,1,2,3}}; "
+      f"Dice (numpy, BraTS codes) = medseg evaluate, per region mean " + ", ".join(
+          f"{r} {m:.4f}" for r, m in zip(regions, table.mean(axis=0))), file=sys.stderr)
+incomplete = json.loads((work / "out_incomplete" / "predictions.json").read_text())
+failed = [c for c in incomplete["cases"] if c["status"] == "failed"]
+assert incomplete["n_ok"] == 2 and len(failed) == 1 and lacking in failed[0]["error"], incomplete
+assert failed[0]["case"] == lacking.removesuffix("-t1c.nii.gz"), failed
+print(f"[docker-test] a case without its t1c file: exit 2, the other 2 segmented; error: {failed[0]['error']}",
+      file=sys.stderr)
+PYCHECK
 
 size=$(docker image inspect --format '{{.Size}}' "$IMAGE")
 log "image $IMAGE: $(( size / 1000000 )) MB; build ${build_s} s; batch run ${run_s} s for $(ls "$WORK/input" | wc -l) cases (container start included)"
