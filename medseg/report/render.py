@@ -127,6 +127,13 @@ class Page:
         self.html.append(f"<details><summary>{html.escape(summary)}</summary><pre>{html.escape(text)}</pre>"
                          "</details>")
 
+    def raw(self, fragment: str, markdown: str, intro: str = "") -> None:
+        """An HTML fragment (e.g. the interactive viewer, scripts included) after an ``intro`` paragraph;
+        ``markdown`` stands for it in ``<name>.md``."""
+        self._flush_figures()
+        self.md += [markdown, ""]
+        self.html.append((f"<p>{html.escape(intro)}</p>" if intro else "") + fragment)
+
     def _flush_figures(self) -> None:
         if not self._figures:
             self._figures = None
