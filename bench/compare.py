@@ -13,6 +13,15 @@
    CPU predictor with and without mirroring when ``--peers`` points at a venv with ``nnunetv2``
    (``make bench-peers``).
 3. Memory: one 4-channel 240x240x155 case predicted under the default 4 GB cap (peak RSS).
+4. Full size (``--full-size``, or alone with ``--only-full-size``): the same 240x240x155 x 4 case at
+   1 mm through networks planned for 1 mm: the ``brats_msd`` preset's (``unet3d``, 128^3 patch) and
+   a CPU-sized one (``unet3d_fast``, 64^3, as ``experiment=cpu``), fp32 with and without test-time
+   flips and bf16, each in its own process: seconds per case (file read to label file written),
+   peak RSS, and where the time goes (read, preprocess, windows = the network's calls, stitching =
+   the rest of the sliding window, resampling back, post-processing, writing), side by side with
+   nnU-Net v2's predictor with its own planned ``3d_fullres`` network at 1 mm (with and without
+   mirroring) on the same case and threads when the peers venv exists. Weights are untrained in
+   every arm of this section (timing does not depend on them; Dice is not reported).
 
 ``--write-docs`` replaces the section between ``<!-- compare:begin -->`` and
 ``<!-- compare:end -->`` of docs/performance.md with the tables.
@@ -37,7 +46,17 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
 
+from machine import cpu_line  # noqa: E402
+
 REGIONS = ("whole_tumour", "tumour_core", "enhancing_tumour")
+#: 1 mm networks of the full-size arm: name -> (ModelConfig fields that differ from unet3d, patch)
+FULL_NETWORKS = {
+    "brats_msd preset (unet3d, 128^3)": ({}, [128, 128, 128]),
+    "CPU-sized (unet3d_fast, 64^3)": ({"num_res_units": 0}, [64, 64, 64]),
+}
+#: full-size settings: name -> (precision, flip axes)
+FULL_SETTINGS = {"fp32": ("fp32", []), "fp32 + flips xyz": ("fp32", [0, 1, 2]), "bf16": ("bf16", [])}
+PHASES = ("read", "preprocess", "windows", "stitching", "restore", "postprocess", "writing")
 #: medseg inference settings: name -> (backend, precision, flip axes, stitching dtype)
 SETTINGS = {
     "medseg fp32": ("torch", "fp32", [], "float32"),
@@ -144,17 +163,17 @@ def infer_monai(model_path: Path, data: Path, threads: int, repeats: int) -> dic
             "peak_rss_mb": peak_rss_mb(), "dice": {r: float(np.mean(v)) for r, v in scores.items()}}
 
 
-def write_big_case(path: Path) -> Path:
-    """A BraTS-geometry case: the built-in head (1 mm) centred in a 240x240x155 x 4-channel volume."""
+def write_big_case(path: Path, shape: tuple[int, int, int] = (240, 240, 155)) -> Path:
+    """A BraTS-geometry case: the built-in head (1 mm) centred in a ``shape`` x 4-channel volume."""
     import nibabel as nib
     import numpy as np
 
     from medseg.data.synthetic import SynthConfig, generate_case
 
     src = np.asarray(generate_case(0, True, SynthConfig(spacing=1.0)).image, dtype=np.float32)  # (X, Y, Z, C)
-    image = np.zeros((240, 240, 155, 4), dtype=np.float32)
+    image = np.zeros((*shape, 4), dtype=np.float32)
     sl = []
-    for n, m in zip(src.shape[:3], (240, 240, 155)):
+    for n, m in zip(src.shape[:3], shape):
         k = min(n, m)
         sl.append((slice((n - k) // 2, (n - k) // 2 + k), slice((m - k) // 2, (m - k) // 2 + k)))
     image[sl[0][1], sl[1][1], sl[2][1]] = src[sl[0][0], sl[1][0], sl[2][0]]
@@ -185,6 +204,99 @@ def infer_big(artifact: Path, path: Path, threads: int) -> dict:
             "peak_rss_mb": peak_rss_mb(), "rss_before_mb": before, "estimate_extra_mb": est}
 
 
+def infer_full(network: str, setting: str, path: Path, threads: int) -> dict:
+    """One 1 mm network and setting on the full-size case, timed per phase (see module docstring)."""
+    import torch
+
+    from medseg.config import Device, InferenceConfig, ModelConfig, Precision
+    from medseg.data.io.nifti import write_nifti
+    from medseg.data.labels import label_spec
+    from medseg.data.preprocess import PreprocessSpec
+    from medseg.inference.predictor import CasePredictor, torch_network
+    from medseg.inference.runtime import load_input
+    from medseg.inference.targets import Target
+    from medseg.models.unet import build_model, model_to_dict
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    fields, patch = FULL_NETWORKS[network]
+    precision, flips = FULL_SETTINGS[setting]
+    model_cfg, target = ModelConfig(**fields), Target("labels", label_spec("msd"))
+    inner = torch_network(build_model(model_cfg, 4, target.channels), torch.device("cpu"), precision)
+    network_s = [0.0]
+
+    def net(x: torch.Tensor) -> torch.Tensor:
+        t = time.perf_counter()
+        y = inner(x)
+        network_s[0] += time.perf_counter() - t
+        return y
+
+    spec = PreprocessSpec(channels=("FLAIR", "T1w", "t1gd", "T2w"), target_spacing=(1.0, 1.0, 1.0))
+    inference = InferenceConfig(threads=threads, precision=Precision(precision), tta_flips=list(flips),
+                                max_memory_gb=None, device=Device.cpu)
+    predictor = CasePredictor(net, spec, patch, target, inference, model_cfg=model_to_dict(model_cfg))
+    before, t = peak_rss_mb(), time.perf_counter()
+    image, affine = load_input(path, 4)
+    read_s = time.perf_counter() - t
+    pred = predictor(image, affine, name=path.name)
+    t = time.perf_counter()
+    write_nifti(path.parent / f"pred_{os.getpid()}.nii.gz", pred.label, affine)
+    phases = {"read": read_s, **pred.timings, "writing": time.perf_counter() - t}
+    phases["stitching"] = phases["windows"] - network_s[0]
+    phases["windows"] = network_s[0]
+    return {"network": network, "setting": setting, "shape": list(image.shape),
+            "seconds_per_case": sum(phases.values()), "peak_rss_mb": peak_rss_mb(), "rss_before_mb": before,
+            "phases": phases}
+
+
+def full_size(a: argparse.Namespace, work: Path) -> str:
+    """The 1 mm full-size section: medseg's networks and settings, nnU-Net v2's predictor (peers)."""
+    from medseg.data.synthetic import SynthConfig, write_msd_dataset
+
+    shape = a.full_shape
+    _sub([__file__, "--infer", "writebig", "--work", str(work), "--shape", shape])
+    rows = []
+    for network in FULL_NETWORKS:
+        for setting in FULL_SETTINGS:
+            runs = [_sub([__file__, "--infer", "full", "--network", network, "--setting", setting, "--work",
+                          str(work), "--threads", str(a.threads)]) for _ in range(a.full_repeats)]
+            best = min(runs, key=lambda r: r["seconds_per_case"])  # least disturbed of the repeats
+            rows.append(best)
+    peers = Path(a.peers) / "bin" / "python"
+    nnunet = []
+    if peers.exists():  # nnU-Net plans its 3d_fullres network on 1 mm cases; its test case is the big one
+        data = write_msd_dataset(work / "data1mm", SynthConfig(n=4, n_test=1, spacing=1.0, seed=2))
+        test = json.loads((data / "dataset.json").read_text())["test"][0]["image"]
+        shutil.copy(work / "big.nii.gz", data / test)
+        nnunet = _sub([str(REPO / "bench" / "nnunet_arm.py"), "--data", str(data), "--work", str(work / "nnunet1mm"),
+                       "--threads", str(a.threads), "--repeats", str(a.peer_repeats)], python=str(peers),
+                      timeout=14400)["results"]
+    return _full_report(a, rows, nnunet, peers.exists())
+
+
+def _full_report(a: argparse.Namespace, rows: list[dict], nnunet: list[dict], peers: bool) -> str:
+    shape = rows[0]["shape"] if rows else a.full_shape
+    lines = [f"**Full size, 1 mm**: one {shape} case (4 channels), {cpu_line(a.threads)}; untrained weights "
+             "(timing only); best of "
+             f"{a.full_repeats} run(s) per setting, each in its own process; seconds from reading the file to the "
+             "label file written.", "",
+             "| network | setting | s / case | peak RSS MB | " + " | ".join(PHASES) + " |",
+             "|---" * (4 + len(PHASES)) + "|"]
+    for r in rows:
+        lines.append(f"| {r['network']} | {r['setting']} | {r['seconds_per_case']:.1f} | {r['peak_rss_mb']:.0f} | "
+                     + " | ".join(f"{r['phases'][k]:.1f}" for k in PHASES) + " |")
+    for r in nnunet:
+        lines.append(f"| {r['setting']} | | {r['seconds_per_case']:.1f} | {r['peak_rss_mb']:.0f} | "
+                     + " | ".join("–" for _ in PHASES) + " |")
+    if not peers:
+        lines += ["", "nnU-Net v2 at 1 mm: not measured here (no peers venv; `make bench-peers` installs it)."]
+    lines += ["", "Phases (s): windows = the network's calls; stitching = the rest of the sliding window (window "
+              "extraction, Gaussian weighting, accumulation); restore = decoding and resampling back to the "
+              "source grid; postprocess = small-component removal. nnU-Net's predictor is timed as a whole "
+              "(model loading and worker start-up included, as a user runs it)."]
+    return "\n".join(lines)
+
+
 def time_to(curve: list, target: float) -> float | None:
     return next((t for t, d in curve if d >= target), None)
 
@@ -200,7 +312,14 @@ def main() -> None:
     p.add_argument("--peers", default=str(REPO / ".venv-peers"), help="venv with nnunetv2 (make bench-peers)")
     p.add_argument("--peer-repeats", type=int, default=1, help="nnU-Net predictor runs per setting (slow on CPU)")
     p.add_argument("--write-docs", action="store_true")
+    p.add_argument("--full-size", action="store_true", help="also the 1 mm 240x240x155x4 section")
+    p.add_argument("--only-full-size", action="store_true", help="only the 1 mm section (no training)")
+    p.add_argument("--full-repeats", type=int, default=1, help="runs per 1 mm setting (the fastest is kept)")
+    p.add_argument("--full-shape", default="240,240,155", help="the full-size case's grid (1 mm voxels)")
     p.add_argument("--infer", help=argparse.SUPPRESS)
+    p.add_argument("--network", help=argparse.SUPPRESS)
+    p.add_argument("--setting", help=argparse.SUPPRESS)
+    p.add_argument("--shape", help=argparse.SUPPRESS)
     p.add_argument("--artifact", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
@@ -211,7 +330,10 @@ def main() -> None:
         if a.infer == "monai":
             r = infer_monai(Path(a.model), data, a.threads, a.repeats)
         elif a.infer == "writebig":  # in its own process: the parent's RSS must stay small, because a
-            r = {"path": str(write_big_case(Path(a.work) / "big.nii.gz"))}  # forked child starts from it
+            shape = tuple(int(x) for x in (a.shape or "240,240,155").split(","))  # forked child starts from it
+            r = {"path": str(write_big_case(Path(a.work) / "big.nii.gz", shape))}
+        elif a.infer == "full":
+            r = infer_full(a.network, a.setting, Path(a.work) / "big.nii.gz", a.threads)
         elif a.infer == "big":
             r = infer_big(Path(a.artifact), Path(a.work) / "big.nii.gz", a.threads)
         else:
@@ -222,6 +344,12 @@ def main() -> None:
 
     os.environ["BENCH_THREADS"] = str(a.threads)
     work = Path(tempfile.mkdtemp(prefix="medseg-bench-compare-"))
+    if a.only_full_size:
+        try:
+            print(full_size(a, work))
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     try:
         data = write_msd_dataset(work / "data", SynthConfig(n=a.cases, n_test=4, spacing=1.5, seed=1))
         train = {"monai": [], "medseg": []}
@@ -246,6 +374,8 @@ def main() -> None:
         big = _sub([__file__, "--infer", "big", "--artifact", artifact, "--work", str(work),
                     "--threads", str(a.threads)])
         report = _report(a, train, infer, big, peers.exists())
+        if a.full_size:
+            report += "\n\n" + full_size(a, work)
         print(report)
         if a.write_docs:
             doc = REPO / "docs" / "performance.md"
@@ -260,11 +390,12 @@ def main() -> None:
 
 def _report(a: argparse.Namespace, train: dict, infer: list, big: dict, peers: bool) -> str:
     med = lambda xs: statistics.median(xs)  # noqa: E731
-    lines = [f"Machine: {platform.machine()}, {os.cpu_count()} cores, {a.threads} threads; {a.cases} built-in cases "
+    lines = [f"Machine: {cpu_line(a.threads)} ({platform.machine()}); {a.cases} built-in cases "
              f"({a.cases - 4} train+val, 4 test); training budget {a.budget:.0f} s per arm "
              f"({a.train_repeats} run(s)); inference medians of {a.repeats} repeats.", "",
              "```bash", f".venv/bin/python bench/compare.py --budget {a.budget:.0f} --cases {a.cases} "
-             f"--threads {a.threads} --repeats {a.repeats} --train-repeats {a.train_repeats} --write-docs", "```", "",
+             f"--threads {a.threads} --repeats {a.repeats} --train-repeats {a.train_repeats}"
+             + (f" --full-size --full-repeats {a.full_repeats}" if a.full_size else "") + " --write-docs", "```", "",
              "**Training** (same data, patch, model size, threads and wall-clock budget)", "",
              f"| arm | samples/s | time to val. Dice {a.target_dice:g} | peak RSS MB | " + " | ".join(REGIONS)
              + " | mean Dice |", "|---|---|---|---|---|---|---|---|"]

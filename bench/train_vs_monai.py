@@ -77,10 +77,10 @@ def run_medseg(data: Path, work: Path, budget: float, threads: int, extra: list[
     with open_dict(cfg):
         run_in_dir(prepare_stage, cfg, work / "prepare", clean_dir=True)
         cfg.paths.prepared = str(work / "prepare")
-        train = run_in_dir(train_stage, cfg, work / "train", clean_dir=True)
+        _, train = run_in_dir(train_stage, cfg, work / "train", clean_dir=True)
         seconds = time.monotonic() - start
         cfg.paths.checkpoint = train["best_checkpoint"]
-        ev = run_in_dir(evaluate_stage, cfg, work / "evaluate", clean_dir=True)
+        _, ev = run_in_dir(evaluate_stage, cfg, work / "evaluate", clean_dir=True)
         rss = peak_rss_mb()
         cfg.paths.metrics = str(work / "evaluate" / "metrics.json")
         cfg.export.int8 = True

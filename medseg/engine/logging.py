@@ -145,6 +145,15 @@ class TrainingLog:
         elif self.lines is not None:
             self.lines.step(epoch, losses)
 
+    def replan(self, total: int) -> None:
+        """The planned iterations changed (a time budget's estimate): the bar's and the ETA's total."""
+        self.speed.total = total
+        if self.bar is not None:
+            self.bar.total = total
+            self.bar.refresh()
+        if self.lines is not None:
+            self.lines.speed.total = total
+
     def epoch(self, record: Mapping[str, Any]) -> None:
         """After each epoch: JSONL line, TensorBoard and MLflow scalars, one log line."""
         if not self.enabled:

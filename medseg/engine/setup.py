@@ -9,11 +9,13 @@ training state when ``train.resume`` asks for one, and wraps the network for the
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import os
 import random
-from collections.abc import Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,10 @@ from torch.utils.data import DataLoader, Sampler
 from medseg.config import ModelConfig, TrainConfig, choice
 from medseg.data.dataset import CachedCase, PatchDataset
 from medseg.data.planning import estimate_memory_gb
-from medseg.engine.distributed import distributed_env, distributed_sampler, init_distributed, wrap_ddp
+from medseg.engine.distributed import all_mean, distributed_env, distributed_sampler, init_distributed, wrap_ddp
 from medseg.engine.losses import SegmentationLoss
 from medseg.engine.prefetch import ThreadPrefetcher
-from medseg.engine.schedule import build_optimizer, build_scheduler
+from medseg.engine.schedule import BudgetSchedule, build_optimizer, build_scheduler
 from medseg.engine.state import TrainState, latest_state, set_rng_state
 from medseg.errors import ConfigError, DataError
 from medseg.inference.precision import autocast_dtype
@@ -58,7 +60,7 @@ class TrainSession:
         batches: the iterable of ``(image, label)`` batches.
         loss_fn: Dice plus CE or focal.
         opt: the optimiser.
-        sched: the per-iteration learning-rate schedule.
+        sched: the per-iteration learning-rate schedule (a :class:`BudgetSchedule` with a time budget).
         scaler: the grad scaler (active for fp16 only).
         dtype: the autocast dtype (``None``: fp32).
     """
@@ -75,7 +77,7 @@ class TrainSession:
     batches: Iterable[Any]
     loss_fn: SegmentationLoss
     opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LambdaLR
+    sched: torch.optim.lr_scheduler.LambdaLR | BudgetSchedule
     scaler: torch.amp.GradScaler
     dtype: torch.dtype | None
 
@@ -83,6 +85,11 @@ class TrainSession:
     def total_iterations(self) -> int:
         """Planned iterations of the whole run."""
         return self.cfg.max_epochs * self.cfg.iters_per_epoch
+
+    @property
+    def budget(self) -> BudgetSchedule | None:
+        """The budget schedule (``train.max_time_s`` with ``train.budget_schedule``), else ``None``."""
+        return self.sched if isinstance(self.sched, BudgetSchedule) else None
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -97,8 +104,11 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def set_up(cfg: TrainConfig, model_cfg: ModelConfig, train_cases: Sequence[CachedCase], target: Target,
-           in_channels: int, out_dir: Path) -> tuple[TrainSession, TrainState, str | None]:
+           in_channels: int, out_dir: Path, clock: Callable[[], float] = time.monotonic,
+           ) -> tuple[TrainSession, TrainState, str | None]:
     """Build a training session and restore the training state ``cfg.resume`` asks for.
+
+    ``clock`` (seconds, monotonic) is what a time budget is measured with (a fake one in tests).
 
     Returns:
         ``(session, state, resumed_from)``; ``resumed_from`` is the state file's path or ``None``.
@@ -128,12 +138,17 @@ def set_up(cfg: TrainConfig, model_cfg: ModelConfig, train_cases: Sequence[Cache
     dtype = autocast_dtype(choice(cfg.precision), device)
     session = TrainSession(cfg=cfg, device=device, rank=rank, world=world, model=model, step_model=model,
                            patch=patch, dataset=dataset, sampler=sampler, batches=batches, loss_fn=loss_fn, opt=opt,
-                           sched=build_scheduler(opt, cfg), dtype=dtype,
+                           sched=build_scheduler(opt, cfg, clock, _sync(world, device)), dtype=dtype,
                            scaler=torch.amp.GradScaler(device.type, enabled=dtype == torch.float16))
     state, resumed_from = resume(session, out_dir)
     step_model = wrap_ddp(model, device, world)
     step_model = torch.compile(step_model) if cfg.compile else step_model
     return dataclasses.replace(session, step_model=step_model), state, resumed_from
+
+
+def _sync(world: int, device: torch.device) -> Callable[[float], float] | None:
+    """The mean over processes of a DDP run (so all agree on the budget used), ``None`` for one."""
+    return functools.partial(all_mean, world=world, device=device) if world > 1 else None
 
 
 def _batches(cfg: TrainConfig, cases: Sequence[CachedCase], patch: list[int], device: torch.device, rank: int,

@@ -20,7 +20,7 @@ import dataclasses
 import functools
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,9 +29,11 @@ import numpy as np
 import torch
 
 from medseg.config import ModelConfig, TrainConfig
+from medseg.data.augment import accepted_subsets
 from medseg.data.dataset import CachedCase
 from medseg.engine.distributed import all_mean, barrier, broadcast
-from medseg.engine.logging import TrainingLog
+from medseg.engine.logging import TrainingLog, format_eta
+from medseg.engine.schedule import BudgetSchedule
 from medseg.engine.setup import TrainSession, set_up
 from medseg.engine.state import BackgroundWriter, TrainState, rng_state, save_state, snapshot
 from medseg.engine.validation import validate
@@ -58,6 +60,8 @@ class FitResult:
     best_checkpoint: Path
     last_checkpoint: Path
     resumed_from: str | None = None
+    budget: dict[str, Any] | None = None  # a budget schedule's figures (planned iterations, s/iteration, ...)
+    peak_memory_gb: float | None = None  # torch.cuda.max_memory_allocated on a GPU (None on CPU)
 
 
 @dataclass
@@ -72,6 +76,7 @@ class FitRun:
     logger: TrainingLog
     writer: BackgroundWriter
     start: float
+    first_epoch: int = 0  # the first epoch of this call (> 0 after a resume)
 
     @property
     def best_path(self) -> Path:
@@ -86,7 +91,7 @@ class FitRun:
 
 def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_cases: Sequence[CachedCase],
         val_cases: Sequence[CachedCase], target: Target, in_channels: int, out_dir: Path,
-        plan: Mapping[str, Any] | None = None) -> FitResult:
+        plan: Mapping[str, Any] | None = None, clock: Callable[[], float] = time.monotonic) -> FitResult:
     """Train a ReLU U-Net (see the module docstring).
 
     Args:
@@ -98,32 +103,54 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_cases: Sequence[CachedCa
         in_channels: number of image channels.
         out_dir: where checkpoints, states and logs go.
         plan: the prepare plan, recorded in every checkpoint.
+        clock: seconds (monotonic) a time budget is measured with (a fake one in tests).
 
     Returns:
         A :class:`FitResult`.
     """
-    session, state, resumed_from = set_up(cfg, model_cfg, train_cases, target, in_channels, out_dir)
+    session, state, resumed_from = set_up(cfg, model_cfg, train_cases, target, in_channels, out_dir, clock)
     meta = CheckpointMeta(plan=dict(plan or {}), model=model_to_dict(model_cfg), patch_size=session.patch,
                           target=target.to_json(), in_channels=in_channels, num_classes=target.channels,
-                          fold=cfg.fold, validation_cases=[c.name for c in val_cases])
-    logger = TrainingLog(out_dir, cfg, session.total_iterations, state.epoch, state.iteration,
-                         enabled=session.rank == 0)
-    run = FitRun(val_cases, target, meta, out_dir, logger, BackgroundWriter(), time.monotonic())
+                          fold=cfg.fold, validation_cases=[c.name for c in val_cases],
+                          accepted_subsets=accepted_subsets(plan_channels(plan, in_channels), cfg.augment))
+    budget = session.budget
+    logger = TrainingLog(out_dir, cfg, budget.planned if budget else session.total_iterations, state.epoch,
+                         state.iteration, enabled=session.rank == 0)
+    run = FitRun(val_cases, target, meta, out_dir, logger, BackgroundWriter(), time.monotonic(), state.epoch)
+    if budget is not None:
+        budget.start()
     stopped_by, epoch = "max_epochs", state.epoch
     for epoch in range(state.epoch, cfg.max_epochs):
+        if budget is not None and budget.finished:  # an extended or rerun run whose budget is spent
+            stopped_by = budget.stop_reason
+            break
         record = train_epoch(session, state, epoch, logger)
         stop = end_epoch(session, state, run, record)
         if stop is not None:
             stopped_by = stop
             break
+    return _finish(session, state, run, epoch, stopped_by, resumed_from)
+
+
+def _finish(s: TrainSession, state: TrainState, run: FitRun, epoch: int, stopped_by: str,
+            resumed_from: str | None) -> FitResult:
+    """Wait for the last files, close the logs, make sure ``best.pt`` exists; the result."""
     run.writer.wait()
-    logger.close()
-    if session.rank == 0 and not run.best_path.exists():  # nothing trained in this call (already finished)
-        save_checkpoint(run.best_path, session.model, dataclasses.replace(meta, epoch=epoch, iteration=state.iteration))
-    barrier(session.world)
+    run.logger.close()
+    if s.rank == 0 and not run.best_path.exists():  # nothing trained in this call (already finished)
+        save_checkpoint(run.best_path, s.model, dataclasses.replace(run.meta, epoch=epoch, iteration=state.iteration))
+    barrier(s.world)
+    peak = torch.cuda.max_memory_allocated(s.device) / 2**30 if s.device.type == "cuda" else None
     return FitResult(best_metric=state.best, best_epoch=state.best_epoch, epochs_run=state.epoch,
                      iterations=state.iteration, seconds=time.monotonic() - run.start, stopped_by=stopped_by,
-                     best_checkpoint=run.best_path, last_checkpoint=run.last_path, resumed_from=resumed_from)
+                     best_checkpoint=run.best_path, last_checkpoint=run.last_path, resumed_from=resumed_from,
+                     budget=s.budget.summary() if s.budget is not None else None, peak_memory_gb=peak)
+
+
+def plan_channels(plan: Mapping[str, Any] | None, in_channels: int) -> list[str]:
+    """The channel names of the prepared data (``plan.json``), else ``channel0``, ``channel1``, ..."""
+    names = ((plan or {}).get("preprocessing") or {}).get("channels")
+    return [str(c) for c in names] if names else [f"channel{i}" for i in range(in_channels)]
 
 
 def train_epoch(s: TrainSession, state: TrainState, epoch: int, logger: TrainingLog) -> dict[str, Any]:
@@ -140,6 +167,8 @@ def train_epoch(s: TrainSession, state: TrainState, epoch: int, logger: Training
         losses.append(_step(s, x, y))
         state.iteration += 1
         logger.step(epoch, losses, state.best)
+        if s.budget is not None and s.budget.finished:  # annealed at the budget: stop mid-epoch
+            break
         t_data = time.monotonic()
     train_s = time.monotonic() - t_epoch
     return {"epoch": epoch, "iteration": state.iteration, "loss": all_mean(float(np.mean(losses)), s.world, s.device),
@@ -169,10 +198,13 @@ def end_epoch(s: TrainSession, state: TrainState, run: FitRun, record: dict[str,
         Why training stops after this epoch, or ``None`` to go on.
     """
     cfg, epoch = s.cfg, record["epoch"]
-    record["elapsed_s"] = time.monotonic() - run.start
-    out_of_time = cfg.max_time_s is not None and record["elapsed_s"] >= cfg.max_time_s
-    if run.val_cases and ((epoch + 1) % cfg.val_every == 0 or epoch == cfg.max_epochs - 1 or out_of_time):
+    validate_now, out_of_time = _cadence(s, run, epoch)
+    if validate_now:
         record.update(_validation(s, run))
+    if s.budget is not None:
+        record.update(_replan(s.budget, run, epoch, s.rank))
+    else:
+        record["elapsed_s"] = time.monotonic() - run.start
     score = record.get("val_mean_dice", -record["loss"] if not run.val_cases else None)
     improved = state.observe(score, validated="val_dice" in record, epoch=epoch)
     state.epoch = epoch + 1
@@ -181,10 +213,35 @@ def end_epoch(s: TrainSession, state: TrainState, run: FitRun, record: dict[str,
                                                        val=record.get("val_dice")), improved)
     run.logger.epoch(record)
     if out_of_time:
-        return "max_time_s"
+        return s.budget.stop_reason if s.budget is not None else "max_time_s"
     if cfg.patience is not None and state.stale >= cfg.patience:
         return f"early stopping ({cfg.patience} validations without improvement)"
     return None
+
+
+def _cadence(s: TrainSession, run: FitRun, epoch: int) -> tuple[bool, bool]:
+    """``(validate now, stop after this epoch)``: with a budget schedule, validations at evenly spaced
+    fractions of the budget and at its end; otherwise every ``val_every`` epochs, at the last epoch
+    and at the epoch crossing ``max_time_s``."""
+    cfg, budget = s.cfg, s.budget
+    if budget is not None:
+        return bool(run.val_cases) and budget.validation_due(), budget.finished
+    out_of_time = cfg.max_time_s is not None and time.monotonic() - run.start >= cfg.max_time_s
+    due = (epoch + 1) % cfg.val_every == 0 or epoch == cfg.max_epochs - 1 or out_of_time
+    return bool(run.val_cases) and due, out_of_time
+
+
+def _replan(budget: BudgetSchedule, run: FitRun, epoch: int, rank: int) -> dict[str, Any]:
+    """A budget schedule's figures at an epoch end (seconds used, planned iterations, ETA); the
+    plan is logged after the first epoch of a call and whenever it moves by more than 10 %."""
+    before = budget.planned
+    figures = budget.end_epoch()
+    run.logger.replan(budget.planned)
+    if rank == 0 and (epoch == run.first_epoch or abs(budget.planned - before) > 0.1 * before):
+        log.info("budget %.0f s: %s s/iteration measured; planned %d of at most %d iterations; ETA %s",
+                 budget.budget, f"{budget.seconds_per_iteration:.3g}" if budget.seconds_per_iteration else "?",
+                 budget.planned, budget.nominal, format_eta(figures["eta_s"]))
+    return {"elapsed_s": figures["budget_used_s"], **figures}
 
 
 def _validation(s: TrainSession, run: FitRun) -> dict[str, Any]:

@@ -1,0 +1,158 @@
+"""Budget-aware schedules (``train.max_time_s`` with ``train.budget_schedule``): with a fake clock,
+the learning rate reaches its floor exactly at the budget on a fast and on a slow "machine",
+validations fall at evenly spaced fractions of the budget, a run killed mid-budget resumes the same
+schedule (same weights as the uninterrupted run), and a larger budget extends a finished run."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from medseg.config import Schedule, TrainConfig
+from medseg.data.labels import LabelSpec
+from medseg.engine.schedule import BudgetSchedule, build_scheduler, lr_factor
+from medseg.engine.trainer import fit
+from medseg.inference.targets import Target
+from medseg.models.checkpoint import load_checkpoint
+from test_training import MODEL_CFG, TRAIN_CFG, _separable_case
+
+#: 6 epochs of 8 iterations, warm-up 4, cosine; a validation every 16 planned iterations
+BUDGET_CFG = replace(TRAIN_CFG, schedule=Schedule.cosine, warmup_iters=4, val_every=2, max_time_s=45.0,
+                     budget_schedule=True)
+
+
+class Ticks:
+    """A fake monotonic clock: each reading is ``dt`` seconds after the previous one (the schedule
+    reads it once per iteration and twice per epoch end, so ``dt`` sets the machine's speed).
+    ``crash_after`` readings, it raises (a killed process)."""
+
+    def __init__(self, dt: float, start: float = 0.0, crash_after: int | None = None) -> None:
+        self.dt, self.now, self.calls, self.crash_after = dt, start, 0, crash_after
+
+    def __call__(self) -> float:
+        self.calls += 1
+        if self.crash_after is not None and self.calls > self.crash_after:
+            raise KeyboardInterrupt("killed")
+        self.now += self.dt
+        return self.now
+
+
+def _simulate(cfg: TrainConfig, dt: float) -> tuple[BudgetSchedule, list[float], int]:
+    """Drive a schedule like the trainer does: steps, then the epoch-end calls; returns the schedule,
+    the learning rate of every step and the number of validations."""
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    sched = build_scheduler(opt, cfg, clock=Ticks(dt))
+    assert isinstance(sched, BudgetSchedule)
+    sched.start()
+    lrs, validations = [], 0
+    for _ in range(cfg.max_epochs):
+        if sched.finished:
+            break
+        for _ in range(cfg.iters_per_epoch):
+            lrs.append(sched.get_last_lr()[0])
+            sched.step()
+            if sched.finished:
+                break
+        validations += sched.validation_due()
+        sched.end_epoch()
+    return sched, lrs, validations
+
+
+@pytest.mark.parametrize("dt,stopped_by,validations_held", [
+    (0.01, "max_epochs", 3), (1.0, "max_time_s", 3),
+    (3.0, "max_time_s", 2),  # an epoch takes 2/3 of the budget: validations at epoch ends only
+])
+def test_lr_reaches_its_floor_exactly_at_the_budget(dt, stopped_by, validations_held):
+    sched, lrs, validations = _simulate(BUDGET_CFG, dt)
+    assert sched.finished and sched.stop_reason == stopped_by
+    assert sched.get_last_lr() == [0.0]  # the floor, after the last step
+    assert min(lrs) > 0.0  # every step trained with a positive rate
+    seconds = sched.elapsed() - dt  # the reading at the last step (elapsed() reads the clock once more)
+    if stopped_by == "max_time_s":  # a slow machine: the budget, to within one step
+        assert BUDGET_CFG.max_time_s <= seconds < BUDGET_CFG.max_time_s + 3 * dt
+        assert sched.iteration < sched.nominal
+    else:  # a fast machine: the iteration cap, long before the budget
+        assert sched.iteration == sched.nominal == 48 and seconds < 1.0
+    peak = lrs.index(max(lrs))
+    assert all(a >= b for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # decays monotonically after warm-up
+    assert lrs[0] < max(lrs)  # a warm-up
+    assert validations == validations_held  # evenly spaced over the budget, whatever the speed
+
+
+def test_fast_machine_matches_the_iteration_schedule():
+    """Far under budget the budget schedule is the ordinary one, step for step."""
+    _, lrs, _ = _simulate(BUDGET_CFG, 1e-4)
+    assert lrs == pytest.approx([lr_factor(i, 48, 4, "cosine") for i in range(48)], abs=1e-12)
+
+
+def test_planned_iterations_and_eta_from_the_measured_step_time():
+    sched, _, _ = _simulate(replace(BUDGET_CFG, max_epochs=100), 1.0)  # 1 s/step + 2 clock reads per epoch
+    assert sched.seconds_per_iteration == pytest.approx(1.25, rel=0.05)
+    assert abs(sched.planned - sched.iteration) <= 1 and sched.planned == pytest.approx(45 / 1.25, abs=2)
+    summary = sched.summary()
+    assert summary["planned_iterations"] == sched.planned and summary["final_lr"] == 0.0
+
+
+def test_a_larger_budget_extends_a_finished_run():
+    sched, _, _ = _simulate(BUDGET_CFG, 1.0)
+    state = sched.state_dict()
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    longer = BudgetSchedule(opt, replace(BUDGET_CFG, max_time_s=90.0), clock=Ticks(1.0))
+    longer.load_state_dict(state)
+    assert not longer.finished  # progress: the larger of iterations / planned and seconds used / new budget
+    assert longer.progress == pytest.approx(max(state["used_s"] / 90.0, state["iteration"] / longer.planned))
+    assert 0.0 < longer.get_last_lr()[0] < 1.0
+    same = BudgetSchedule(opt, BUDGET_CFG, clock=Ticks(1.0))
+    same.load_state_dict(state)
+    assert same.finished
+    with pytest.raises(KeyError, match="not a budget schedule"):
+        same.load_state_dict({"last_epoch": 3})
+
+
+def _lrs(folder: Path) -> list[float]:
+    return [json.loads(x)["lr"] for x in (folder / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("dt", [0.001, 0.5])
+def test_fit_ends_annealed_at_the_budget(tmp_path, dt):
+    cases = [_separable_case(s) for s in range(3)]
+    cfg = replace(BUDGET_CFG, max_time_s=20.0)
+    result = fit(cfg, MODEL_CFG, cases[:2], cases[2:], Target("labels", LabelSpec()), 3, tmp_path, clock=Ticks(dt))
+    records = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["lr"] == 0.0 and "val_dice" in records[-1]
+    assert result.budget["final_lr"] == 0.0 and result.budget["planned_iterations"] >= result.iterations - 1
+    if dt > 0.01:
+        assert result.stopped_by == "max_time_s" and result.iterations < 48
+        assert 20.0 <= records[-1]["budget_used_s"] < 20.0 + 4 * dt
+    else:
+        assert result.stopped_by == "max_epochs" and result.iterations == 48
+    # one validation per val_every (2) epochs' worth of the planned iterations, the last at the end
+    assert sum("val_dice" in r for r in records) == result.budget["validations_planned"] == (3 if dt < 0.01 else 2)
+
+
+def test_resume_mid_budget_continues_the_schedule(tmp_path):
+    cases = [_separable_case(s) for s in range(3)]
+    target = Target("labels", LabelSpec())
+    cfg = replace(BUDGET_CFG, max_time_s=24.0, resume="auto")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    whole = fit(cfg, MODEL_CFG, cases[:2], cases[2:], target, 3, tmp_path / "a", clock=Ticks(0.5))
+    with pytest.raises(KeyboardInterrupt):  # killed in its third epoch
+        fit(cfg, MODEL_CFG, cases[:2], cases[2:], target, 3, tmp_path / "b", clock=Ticks(0.5, crash_after=25))
+    for thread in threading.enumerate():  # let the last epoch's background write finish
+        if thread.name == "medseg-checkpoint-writer":
+            thread.join()
+    assert len(_lrs(tmp_path / "b")) == 2
+    resumed = fit(cfg, MODEL_CFG, cases[:2], cases[2:], target, 3, tmp_path / "b", clock=Ticks(0.5, start=1e4))
+    assert resumed.resumed_from is not None
+    assert resumed.iterations == whole.iterations and resumed.stopped_by == whole.stopped_by == "max_time_s"
+    assert _lrs(tmp_path / "b") == _lrs(tmp_path / "a")  # the same schedule, not a restarted warm-up
+    wa, wb = load_checkpoint(tmp_path / "a" / "last.pt")[0], load_checkpoint(tmp_path / "b" / "last.pt")[0]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert resumed.budget["used_s"] == pytest.approx(whole.budget["used_s"])
