@@ -10,7 +10,8 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow venv clean bench bench-compare bench-peers docker-test chromium validators ci-tools
+.PHONY: demo test test-slow venv clean bench bench-compare bench-peers docker-test chromium validators ci-tools viewer \
+	gpu-check bench-ttq
 
 venv: $(STAMP)
 
@@ -45,6 +46,16 @@ bench-peers:
 bench-compare: $(STAMP)
 	$(BIN)/python bench/compare.py --write-docs
 
+# The CUDA paths in a few minutes on one GPU machine (amp training, NCCL DDP, fp16/bf16 labels vs fp32,
+# throughput and peak memory); exits non-zero on a mismatch. Without a GPU: a CPU dry run, exit 0.
+gpu-check: $(STAMP)
+	bash bench/gpu_check.sh
+
+# Dice per minute: medseg with / without the budget-aware schedule and the MONAI tutorial recipe at
+# 60, 180 and 600 s of training (about 45 min on 2 cores); draws docs/time_to_quality.png.
+bench-ttq: $(STAMP)
+	$(BIN)/python bench/time_to_quality.py --budgets 60,180,600 --cases 24 --threads 2
+
 # Builds the CPU image and runs the batch job offline on built-in cases (needs a Docker engine or
 # Debian's docker.io; see docker/test.sh). Not part of `make test`.
 docker-test: $(STAMP)
@@ -55,6 +66,13 @@ chromium:
 	command -v chromium || command -v chromium-browser || command -v google-chrome || \
 	  (apt-get update && apt-get install -y chromium)
 
+# NiiVue (the @niivue/niivue npm package) for the interactive viewer in report.html and review.html,
+# installed into the environment, outside the repository (medseg finds it there, or at $MEDSEG_NIIVUE_JS).
+NIIVUE_VERSION ?= 0.69.0
+viewer: $(STAMP)
+	npm install --prefix $(VENV)/share/medseg-viewer --no-save --no-audit --no-fund --ignore-scripts \
+	  @niivue/niivue@$(NIIVUE_VERSION)
+
 # DICOM validators for tests/test_dicom_validators.py (skipped without them): dicom3tools' dciodvfy
 # (Debian) and dcmqi's segimage2itkimage (pip; Linux x86_64 wheels only, so not in the test extra).
 validators: $(STAMP)
@@ -63,7 +81,7 @@ validators: $(STAMP)
 	$(BIN)/segimage2itkimage --version
 
 # The outside judges CI installs before `make test` (best effort: their tests skip without them).
-ci-tools: validators chromium
+ci-tools: validators chromium viewer
 
 clean:
 	rm -rf outputs multirun .cache data/demo .pytest_cache

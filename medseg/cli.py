@@ -90,7 +90,7 @@ def run_hydra(stage: str, args: list[str], task: Callable[[Any], Any] | None = N
     GlobalHydra.instance().clear()
     hydra = Hydra.create_main_hydra2(task_name=stage,
                                      config_search_path=create_config_search_path(f"pkg://{CONFIG_MODULE}"))
-    fn = task or (lambda cfg: run_stage(STAGE_FUNCTIONS[stage], cfg))
+    fn = task or (lambda cfg: objective(cfg, run_stage(STAGE_FUNCTIONS[stage], cfg), stage))
     try:
         if show:
             hydra.show_cfg(config_name="config", overrides=overrides, cfg_type=show, package=None)
@@ -106,6 +106,25 @@ def run_hydra(stage: str, args: list[str], task: Callable[[Any], Any] | None = N
     finally:
         GlobalHydra.instance().clear()
     return 0
+
+
+def objective(cfg: Any, summary: dict[str, Any], stage: str) -> Any:
+    """What the task function returns to Hydra: the stage's summary, or, when ``optimized_metric``
+    names one of its keys (dots for nested keys; an ``hparams_search`` preset sets it), that value
+    as a float, which a sweeper such as Optuna's optimises. A missing or empty value is a one-line
+    error (exit status 2)."""
+    key = cfg.get("optimized_metric") if hasattr(cfg, "get") else getattr(cfg, "optimized_metric", None)
+    if not key:
+        return summary
+    value: Any = summary
+    for part in str(key).split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        keys = ", ".join(k for k, v in summary.items() if isinstance(v, (int, float)) and not isinstance(v, bool))
+        sys.stderr.write(f"medseg {stage}: error: optimized_metric={key}: the {stage} summary holds no number "
+                         f"there (got {value!r}); numeric keys: {keys}\n")
+        raise SystemExit(2)
+    return float(value)
 
 
 def _is_config_error(error: BaseException) -> bool:

@@ -153,19 +153,11 @@ class LabelConvention(str, Enum):
     brats2024_menrt = "brats2024_menrt"  # meningioma radiotherapy: 1 gross tumour volume
 
 
-class DataConvention(str, Enum):
-    """Label coding of a dataset's label files; ``auto``: detected from the file names (BraTS)."""
-
-    auto = "auto"
-    msd = "msd"
-    brats2021 = "brats2021"
-    brats2023 = "brats2023"
-    binary = "binary"
-    brats2024_gli = "brats2024_gli"  # post-treatment glioma: 1 NETC, 2 SNFH, 3 ET, 4 resection cavity
-    brats2024_met = "brats2024_met"  # metastases: GLI 2024 codes, regions ET, RC, TC, WT
-    brats2024_men = "brats2024_men"  # pre-operative meningioma: 2023 codes
-    brats2024_ped = "brats2024_ped"  # paediatric: 1 ET, 2 NETC, 3 cystic component, 4 edema
-    brats2024_menrt = "brats2024_menrt"  # meningioma radiotherapy: 1 gross tumour volume
+#: Label coding of a dataset's label files: ``auto`` (detected from the file names, BraTS) or any
+#: :class:`LabelConvention` (one list of codings, written once).
+DataConvention = Enum("DataConvention", {"auto": "auto", **{c.name: c.value for c in LabelConvention}},
+                      type=str, module=__name__)
+DataConvention.__doc__ = "Label coding of a dataset's label files; ``auto``: detected from the file names (BraTS)."
 
 
 class LesionConvention(str, Enum):
@@ -407,6 +399,9 @@ class EvaluateConfig:
     lesion_convention: LesionConvention = LesionConvention.brats2023  # lesion-wise rules: brats2023 | brats2025
     skip_bad: bool = False  # true: missing/bad predictions are scored as empty and listed as failures
     drop_channels: list[str] = field(default_factory=list)  # contrasts zeroed on purpose (a missing-contrast pattern)
+    viewer: Optional[bool] = None  # NiiVue viewer in report.html; None: when installed (make viewer)
+    viewer_case_mb: float = 4.0  # bound on one case's embedded volumes (MB); finer cases are downsampled
+    viewer_max_mb: float = 60.0  # bound on all embedded volumes (MB); cases past it are listed, not embedded
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
 
@@ -457,6 +452,9 @@ class PredictConfig:
     shard: Optional[str] = None  # "i/n": the i-th of n interleaved parts of the sorted case list
     dicom_seg: Optional[bool] = None  # None: when highdicom is installed
     uncertainty: bool = False  # also write <case>_uncertainty.nii.gz (predictive entropy, bits) per case
+    review: Optional[bool] = None  # write review.html (NiiVue viewer of the batch); None: when installed (make viewer)
+    viewer_case_mb: float = 4.0  # bound on one case's embedded volumes in review.html (MB)
+    viewer_max_mb: float = 60.0  # bound on all embedded volumes in review.html (MB); cases past it are listed only
     inference: InferenceConfig = field(default_factory=lambda: InferenceConfig(min_component_ml=None))
 
     def __post_init__(self) -> None:
@@ -492,6 +490,7 @@ class MedsegConfig:
     name: str = "medseg"
     seed: int = 0
     log_level: str = "INFO"
+    optimized_metric: Optional[str] = None  # summary key (dots for nested) returned to a sweeper (hparams_search)
     extra: dict[str, Any] = field(default_factory=dict)
 
 

@@ -25,14 +25,15 @@ BUDGET = ["train.max_epochs=2", "train.iters_per_epoch=2", "train.warmup_iters=1
 def _overrides(preset: str, tmp_path: Path, tiny_dataset: Path) -> list[str]:
     if preset == "xray_demo":
         return [f"data.root={tmp_path / 'data'}", "synth.n=8", *SHRINK_2D, *BUDGET]
-    if preset == "demo":
+    if preset in ("demo", "missing_contrast"):
         return [f"data.root={tmp_path / 'data'}", "synth.n=6", "synth.n_test=2", "synth.spacing=4.0",
                 *SHRINK_3D, *BUDGET]
     return [f"data.root={tiny_dataset}", *SHRINK_3D, *BUDGET, "train.num_workers=1"]
 
 
 def test_every_preset_is_covered():
-    assert set(PRESETS) == {"demo", "xray_demo", "brats_msd"}, "add the new preset to _overrides"
+    assert set(PRESETS) == {"demo", "xray_demo", "brats_msd", "missing_contrast", "cpu"}, \
+        "add the new preset to _overrides"
 
 
 @pytest.mark.parametrize("preset", [pytest.param(p, marks=pytest.mark.slow) if p in HEAVY else p

@@ -202,8 +202,14 @@ def restore(probs: torch.Tensor, geom: Geometry,
     crop_shape = tuple(b - a for a, b in geom.crop)
     probs = _resample(probs.float(), crop_shape, "trilinear")
     labels = decode(probs) if decode is not None else probs.argmax(dim=0).to(torch.uint8).numpy()
-    full = np.zeros(geom.ras_shape, dtype=np.uint8)
-    full[tuple(slice(a, b) for a, b in geom.crop)] = labels
+    return to_source_grid(labels, geom)
+
+
+def to_source_grid(values: np.ndarray, geom: Geometry) -> np.ndarray:
+    """Place an array of the cropped RAS grid (native resolution, the shape of ``geom.crop``) back
+    onto the source grid: zeros outside the crop, source voxel order, the array's dtype kept."""
+    full = np.zeros(geom.ras_shape, dtype=values.dtype)
+    full[tuple(slice(a, b) for a, b in geom.crop)] = values
     reo = Reorientation(transform=geom.transform, source_shape=geom.source_shape)
     out = reo.invert(full)
     if out.shape != tuple(geom.source_shape):

@@ -1,7 +1,8 @@
 """Full training state on disk: written atomically every epoch, checked by sha256 on resume.
 
-``states/state-<epoch>.pt`` holds the model, optimiser, scheduler and grad-scaler states, every
-RNG state (Python, numpy, torch, CUDA) and, under ``"progress"``, the :class:`TrainState` (epoch,
+``states/state-<epoch>.pt`` holds the model, optimiser, scheduler (with a time budget: the budget
+seconds used, iterations, measured seconds per iteration and last validation point of
+:class:`~medseg.engine.schedule.BudgetSchedule`) and grad-scaler states, every RNG state (Python, numpy, torch, CUDA) and, under ``"progress"``, the :class:`TrainState` (epoch,
 iteration, best metric, early-stopping counter); ``states/state-<epoch>.json`` holds its sha256.
 The newest ``keep`` states are kept. :func:`latest_state` returns the newest state whose checksum matches; a corrupt or truncated
 state is reported with a warning and the one before it is used. Only tensors and plain data are

@@ -43,6 +43,8 @@ def artifact_metadata(name: str, meta: CheckpointMeta, model: torch.nn.Module, c
         "input": {"channels": pre["channels"], "axis_order": "(C, X, Y, Z) after reorientation to RAS",
                   "spacing_mm": pre["target_spacing"], "orientation": "RAS", "normalization": pre["normalization"],
                   "preprocessing": pre, "patch_size": [int(p) for p in meta.patch_size],
+                  "accepted_subsets": meta.accepted_subsets or [list(pre["channels"])],
+                  "missing_channel_value": "zero after normalisation",
                   "file_format": "NIfTI, 4D with channels last (MSD layout), voxel -> RAS affine"},
         "output": {**target.to_json(), "num_classes": int(meta.num_classes),
                    "decoding": "label = argmax over classes" if target.mode == "labels" else

@@ -33,8 +33,9 @@ def build_predictor(inference: InferenceConfig, *, checkpoint: Path | None = Non
 
     Args:
         inference: sliding-window settings, device, threads and precision. With an artifact,
-            ``min_component_ml=None`` takes the value recorded in the artifact; with a checkpoint it
-            keeps every component.
+            ``min_component_ml=None`` takes the value recorded in the artifact, and the temperature
+            recorded there is applied (``calibrate``); with a checkpoint it keeps every component
+            and is uncalibrated (:func:`medseg.export.review.fit_review` calibrates it).
         checkpoint: a training checkpoint (``best.pt``): its network runs eagerly in PyTorch.
         artifact: a loaded artifact (:func:`medseg.export.artifact.load_artifact`).
         ensemble: more artifacts whose probabilities are averaged with ``artifact``'s; they must take
@@ -83,7 +84,17 @@ def _from_artifact(inference: InferenceConfig, artifact: Artifact, ensemble: Seq
     nets = [a.network(backend, device, inference.threads, choice(inference.precision)) for a in (artifact, *ensemble)]
     return CasePredictor(nets, artifact.spec, artifact.patch_size, Target.from_json(artifact.metadata["output"]),
                          inference, min_component_ml=min_component_ml(inference, artifact),
-                         model_cfg=artifact.metadata.get("network"))
+                         model_cfg=artifact.metadata.get("network"), temperature=temperature(inference, artifact))
+
+
+def temperature(inference: InferenceConfig, artifact: Artifact) -> list[float] | None:
+    """The temperature fitted at export (``metadata.json`` ``calibration``), applied for every backend;
+    ``None`` with ``inference.calibrate=false`` or for an artifact exported without one. An ensemble
+    uses the first artifact's temperature."""
+    calibration = artifact.metadata.get("calibration") or {}
+    if not inference.calibrate or not calibration.get("temperature"):
+        return None
+    return [float(t) for t in calibration["temperature"]]
 
 
 def check_ensemble(artifact: Artifact, ensemble: Sequence[Artifact]) -> None:

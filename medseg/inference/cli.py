@@ -2,6 +2,8 @@
 
     medseg-predict ARTIFACT INPUT OUTPUT [--backend torch|onnxruntime|onnxruntime-int8] [--shard i/n]
                    [--tta 0,1,2] [--overlap 0.5] [--threads N] [--pattern '*.nii.gz'] [--no-skip-existing]
+                   [--uncertainty] [--no-calibrate] [--review|--no-review] [--viewer-case-mb MB] [--viewer-max-mb MB]
+                   [--layout auto|nifti4d|brats2023|brats2021|nnunet] [--labels auto|msd|brats2021|brats2023]
 
 Every default is the one of :class:`medseg.config.InferenceConfig` / :class:`medseg.config.PredictConfig`
 (the same as ``medseg predict``). See :mod:`medseg.inference.runtime` for what it reads and writes.
@@ -14,11 +16,14 @@ import logging
 import sys
 from pathlib import Path
 
-from medseg.config import Backend, Device, InferenceConfig, Precision, PredictConfig, StitchDtype
+from medseg.config import (Backend, Device, InferenceConfig, InputLayout, OutputCoding, Precision, PredictConfig,
+                           StitchDtype)
 from medseg.errors import ConfigError, MedsegError
 from medseg.export.artifact import load_artifact
 from medseg.inference.build import build_predictor
-from medseg.inference.runtime import file_inputs, run_batch, shard_items
+from medseg.inference.layouts import describe_layouts, discover_inputs, output_coding
+from medseg.inference.runtime import run_batch, shard_items
+from medseg.utils.niivue import viewer_bounds
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -27,11 +32,18 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="medseg-predict", description="Segment a folder of cases with an "
                                 "exported medseg artifact (no Hydra, no MONAI needed).")
     p.add_argument("artifact", help="artifact folder (metadata.json, model.ts, model.onnx)")
-    p.add_argument("input", help="folder of 4D NIfTI cases, a .txt list of files, or one file")
+    p.add_argument("input", help="folder of cases (4D NIfTI, or one file per contrast: see --layout), "
+                   "a .txt list of 4D files, or one file")
     p.add_argument("output", help="output folder")
     p.add_argument("--backend", choices=[b.value for b in Backend], default=pred.backend.value)
     p.add_argument("--shard", default=pred.shard, help="i/n: only the i-th of n parts of the sorted case list")
-    p.add_argument("--pattern", default=pred.pattern)
+    p.add_argument("--pattern", default=pred.pattern, help="layout nifti4d: which files of INPUT are cases")
+    p.add_argument("--layout", choices=[x.value for x in InputLayout], default=pred.layout.value,
+                   help="how INPUT's cases are laid out (auto: from the file names): "
+                   + "; ".join(f"{k}: {v}" for k, v in describe_layouts().items()))
+    p.add_argument("--labels", choices=[x.value for x in OutputCoding], default=pred.labels.value,
+                   help="label coding of the outputs (auto: brats2023 for BraTS 2023 files, brats2021 for "
+                   "BraTS 2021 folders, else msd)")
     p.add_argument("--tta", default=",".join(str(a) for a in inf.tta_flips),
                    help="comma-separated axes to mirror, e.g. 0,1,2")
     p.add_argument("--overlap", type=float, default=inf.overlap)
@@ -47,6 +59,14 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-component-ml", type=float, default=inf.min_component_ml,
                    help="drop tumour components smaller than this (default: the value recorded in the artifact)")
     p.add_argument("--no-skip-existing", action="store_true", help="predict cases whose output exists")
+    p.add_argument("--review", action=argparse.BooleanOptionalAction, default=pred.review,
+                   help="write review.html, an offline NiiVue viewer of the batch (default: when NiiVue is installed)")
+    p.add_argument("--viewer-case-mb", type=float, default=pred.viewer_case_mb, help="review.html: MB per case")
+    p.add_argument("--viewer-max-mb", type=float, default=pred.viewer_max_mb, help="review.html: MB in total")
+    p.add_argument("--uncertainty", action="store_true", default=pred.uncertainty,
+                   help="also write <case>_uncertainty.nii.gz: voxel-wise predictive entropy (bits) on the input grid")
+    p.add_argument("--no-calibrate", action="store_true", default=not inf.calibrate,
+                   help="do not apply the artifact's fitted temperature (raw probabilities; labels are the same)")
     return p
 
 
@@ -61,7 +81,8 @@ def inference_config(args: argparse.Namespace) -> InferenceConfig:
                                tta_flips=[int(a) for a in args.tta.split(",") if a.strip()],
                                min_component_ml=args.min_component_ml, threads=args.threads,
                                device=Device(args.device), precision=Precision(args.precision),
-                               max_memory_gb=args.max_memory_gb or None, stitch_dtype=StitchDtype(args.stitch_dtype))
+                               max_memory_gb=args.max_memory_gb or None, stitch_dtype=StitchDtype(args.stitch_dtype),
+                               calibrate=not args.no_calibrate)
     except ValueError as e:
         raise ConfigError(str(e)) from e
 
@@ -73,17 +94,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inference = inference_config(args)
         art = load_artifact(args.artifact, load_module=args.backend == Backend.torch.value)
-        items = shard_items(file_inputs(Path(args.input), args.pattern, len(art.spec.channels)), args.shard)
+        items, layout = discover_inputs(Path(args.input), args.layout, art.spec.channels, args.pattern)
+        coding = output_coding(args.labels, layout, art.labels)
+        items = shard_items(items, args.shard)
         predictor = build_predictor(inference, artifact=art, backend=args.backend)
         out = Path(args.output)
         out.mkdir(parents=True, exist_ok=True)
-        summary = run_batch(items, predictor, art, out, skip_existing=not args.no_skip_existing,
-                            extra={"input": str(args.input), "backend": args.backend, "shard": args.shard})
+        summary = run_batch(items, predictor, art, out, skip_existing=not args.no_skip_existing, coding=coding,
+                            uncertainty=args.uncertainty,
+                            review=viewer_bounds(args.review, args.viewer_case_mb, args.viewer_max_mb, "--review"),
+                            extra={"input": str(args.input), "layout": layout, "backend": args.backend,
+                                   "shard": args.shard})
     except MedsegError as e:  # PartialFailure included: the finished cases keep their outputs
         sys.stderr.write(f"medseg-predict: error: {e}\n")
         return 2
     sys.stdout.write(f"{summary['n_ok']} case(s) segmented, {summary['n_skipped']} skipped, "
-                     f"{summary['n_failed']} failed; summary in {Path(args.output) / 'predictions.json'}\n")
+                     f"{summary['n_failed']} failed, {summary['qc']['n_review']} flagged for review; "
+                     f"summary in {Path(args.output) / 'predictions.json'}\n")
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -19,8 +19,10 @@ import torch
 from medseg.config import InferenceConfig, choice
 from medseg.data.preprocess import PreprocessSpec, preprocess, restore
 from medseg.errors import DataError
+from medseg.inference.calibration import apply_temperature
 from medseg.inference.sliding_window import Network, flip_sets, sliding_window_probs
 from medseg.inference.targets import Target
+from medseg.inference.uncertainty import CaseUncertainty, UncertaintyDecoder, voxel_ml
 from medseg.models.memory import inference_window_bytes
 
 
@@ -29,12 +31,21 @@ class CasePrediction:
     """Result of predicting one case.
 
     ``label``: ``(X, Y, Z)`` uint8 on the source grid; ``max_foreground_prob``: highest
-    non-background probability anywhere (a detection score); ``seconds``: wall time.
+    non-background probability anywhere (a detection score); ``seconds``: wall time;
+    ``uncertainty``: the entropy map and region summaries (with ``CasePredictor.uncertainty``);
+    ``model_probs``: the *uncalibrated* ``(K, x, y, z)`` probabilities on the model grid (with
+    ``details=True``; for fitting and measuring calibration).
     """
 
     label: np.ndarray
     max_foreground_prob: float
     seconds: float
+    uncertainty: CaseUncertainty | None = None
+    model_probs: torch.Tensor | None = None
+    #: seconds per phase: ``preprocess`` (reorient, crop, resample, normalise), ``windows`` (sliding
+    #: windows, network and stitching), ``restore`` (decode, resample back to the source grid),
+    #: ``postprocess`` (small-component removal, uncertainty)
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class CasePredictor:
@@ -53,6 +64,10 @@ class CasePredictor:
         min_component_ml: remove connected tumour components smaller than this (ml; 0 keeps all);
             ``None``: ``inference.min_component_ml`` (``None`` there too: keep all).
         model_cfg: the network's config (channels, strides) for the activation-memory estimate.
+        temperature: one temperature per output channel, applied to the averaged probabilities
+            (:mod:`medseg.inference.calibration`); ``None``: uncalibrated.
+        uncertainty: also compute the entropy map and the per-region uncertainty summaries
+            (:mod:`medseg.inference.uncertainty`).
 
     Example:
         >>> from medseg.data.labels import LabelSpec
@@ -65,7 +80,8 @@ class CasePredictor:
 
     def __init__(self, net: Network | Sequence[Network], spec: PreprocessSpec, patch_size: Sequence[int],
                  target: Target, inference: InferenceConfig | None = None, *,
-                 min_component_ml: float | None = None, model_cfg: Mapping[str, Any] | None = None) -> None:
+                 min_component_ml: float | None = None, model_cfg: Mapping[str, Any] | None = None,
+                 temperature: Sequence[float] | None = None, uncertainty: bool = False) -> None:
         inference = InferenceConfig() if inference is None else inference
         self.nets = list(net) if isinstance(net, Sequence) else [net]
         self.spec = spec
@@ -81,6 +97,8 @@ class CasePredictor:
         self.stitch_dtype = getattr(torch, choice(inference.stitch_dtype))
         self.window_bytes = inference_window_bytes(self.patch_size, model_cfg, len(spec.channels),
                                                    target.channels, self.batch_size)
+        self.temperature = None if temperature is None else [float(t) for t in temperature]
+        self.uncertainty = bool(uncertainty)
 
     def estimate_bytes(self, image_shape: Sequence[int], affine: np.ndarray) -> int:
         """Upper estimate of the memory one case adds on top of its loaded image (bytes).
@@ -101,7 +119,9 @@ class CasePredictor:
                 + (k + 1) * model * 4  # accumulator + normaliser
                 + (k * model * 4 if len(self.nets) > 1 else 0)  # an ensemble member's probabilities (nets run in turn)
                 + self.window_bytes
-                + k * native * 4 * 2 + native)  # probabilities on the native grid, label
+                + k * native * 4 * 2 + native  # probabilities on the native grid, label
+                + (native * 4 * 3 if self.uncertainty else 0)  # entropy (cropped and full grid), a region's temporaries
+                + (k * model * 4 if self.temperature else 0))  # calibrated copy of the probabilities
 
     def check_memory(self, image: np.ndarray, affine: np.ndarray, name: str) -> None:
         """Refuse a case whose estimated peak exceeds ``max_memory_gb`` before allocating anything."""
@@ -124,18 +144,36 @@ class CasePredictor:
             probs = p if probs is None else probs.add_(p)
         return probs / len(self.nets) if len(self.nets) > 1 else probs
 
-    def __call__(self, image: np.ndarray, affine: np.ndarray, name: str = "<case>") -> CasePrediction:
-        """Predict one case given its ``(C, X, Y, Z)`` image and voxel -> RAS affine."""
+    def calibrated(self, probs: torch.Tensor) -> torch.Tensor:
+        """``probs`` scaled by the predictor's temperature (unchanged without one)."""
+        if self.temperature is None:
+            return probs
+        return apply_temperature(probs, self.temperature, self.target.activation)
+
+    def __call__(self, image: np.ndarray, affine: np.ndarray, name: str = "<case>",
+                 details: bool = False) -> CasePrediction:
+        """Predict one case given its ``(C, X, Y, Z)`` image and voxel -> RAS affine; ``details``
+        keeps the uncalibrated model-grid probabilities in the result."""
         start = time.perf_counter()
+        marks = [start]
         self.check_memory(image, affine, name)
         pre, _, geom = preprocess(image, affine, self.spec, name=name)
-        probs = self.probabilities(torch.from_numpy(pre))
+        marks.append(time.perf_counter())
+        raw = self.probabilities(torch.from_numpy(pre))
+        probs = self.calibrated(raw)
         max_fg = self.target.foreground_score(probs)
-        label = restore(probs, geom, self.target.decode)
+        marks.append(time.perf_counter())
+        decoder = UncertaintyDecoder(self.target, voxel_ml(affine)) if self.uncertainty else None
+        label = restore(probs, geom, decoder or self.target.decode)
+        marks.append(time.perf_counter())
         if self.min_component_ml > 0:
             spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
             label = remove_small_components(label, spacing, self.min_component_ml)
-        return CasePrediction(label=label, max_foreground_prob=max_fg, seconds=time.perf_counter() - start)
+        uncertainty = decoder.finish(label, geom) if decoder else None
+        marks.append(time.perf_counter())
+        timings = dict(zip(("preprocess", "windows", "restore", "postprocess"), np.diff(marks).tolist()))
+        return CasePrediction(label=label, max_foreground_prob=max_fg, seconds=marks[-1] - start,
+                              uncertainty=uncertainty, model_probs=raw if details else None, timings=timings)
 
 
 def current_rss_bytes() -> int:

@@ -4,8 +4,10 @@ This is the runtime half of ``medseg predict`` and of the ``medseg-predict`` com
 (:mod:`medseg.inference.cli`, the Docker image's default). It needs only the runtime dependencies
 — numpy, scipy, nibabel, pydicom, torch (or, for the ONNX Runtime backend, onnxruntime as well) —
 and imports neither Hydra/OmegaConf nor MONAI (a test checks that). Inputs: a folder of 4D channel-last NIfTI files (``*.nii.gz``), a ``.txt`` list of
-paths, or one file. Outputs in OUTPUT: ``<case>.nii.gz`` on each input's grid and
-``predictions.json`` (per-case status, seconds, peak RSS). Finished cases are skipped on a rerun; a
+paths, or one file — or per-contrast BraTS 2023/2021 and nnU-Net folders
+(:mod:`medseg.inference.layouts`).
+Outputs in OUTPUT: ``<case>.nii.gz`` on each input's grid in the label coding asked for, and
+``predictions.json`` (label coding, per-case status, seconds, peak RSS). Finished cases are skipped on a rerun; a
 bad case is reported and skipped, and the exit status is 2 if any case failed (0 otherwise).
 """
 
@@ -15,7 +17,7 @@ import importlib.util
 import logging
 import resource
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +25,15 @@ import numpy as np
 
 from medseg.config import parse_shard
 from medseg.data.io.nifti import read_header, read_nifti, write_nifti
-from medseg.errors import ConfigError, DataError, MedsegError, PartialFailure
+from medseg.errors import ConfigError, DataError, MedsegError, PartialFailure, case_error
+from medseg.data.labels import encode_labels, output_codes
 from medseg.export.artifact import Artifact
+from medseg.inference.missing import missing_channel_policy
 from medseg.inference.predictor import CasePredictor
+from medseg.inference.qc import batch_review, case_review
+from medseg.inference.review import write_review
 from medseg.utils.files import write_json
+from medseg.utils.niivue import ViewerBounds
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +43,19 @@ Loaded = tuple[np.ndarray, np.ndarray, Any]
 
 @dataclass
 class InputCase:
-    """One case to predict: its name, main file, loader and (DICOM) source series."""
+    """One case to predict: its name, main file, loader and (DICOM) source series.
+
+    ``missing_channels``: contrasts the case lacks (its loader gives them as zeros); the model must
+    accept that subset (:func:`medseg.inference.missing.missing_channel_policy`). ``details``: more
+    items for its ``predictions.json`` record (e.g. ``contrasts``: why each DICOM series was chosen).
+    """
 
     name: str
     path: Path
     load: Callable[[], Loaded]
     dicom_series: tuple[Path, ...] = ()
+    missing_channels: tuple[str, ...] = ()
+    details: dict[str, Any] = field(default_factory=dict)
 
 
 def shard_items(items: list[InputCase], shard: str | None) -> list[InputCase]:
@@ -110,18 +124,22 @@ def want_dicom_seg(dicom_seg: bool | None, dicom_input: bool) -> bool:
     return True
 
 
-def predict_case(item: InputCase, predictor: CasePredictor, art: Artifact, out_dir: Path, seg: bool
-                 ) -> dict[str, Any]:
-    """Predict one case and write ``<case>.nii.gz`` (and its DICOM SEG when ``seg``); its record
-    for ``predictions.json``.
+def predict_case(item: InputCase, predictor: CasePredictor, art: Artifact, out_dir: Path, seg: bool,
+                 coding: str = "msd", uncertainty: bool = False) -> dict[str, Any]:
+    """Predict one case and write ``<case>.nii.gz`` in the label ``coding`` (a key of
+    :data:`medseg.data.labels.CONVENTIONS`; and its DICOM SEG when ``seg``; and
+    ``<case>_uncertainty.nii.gz`` when ``uncertainty``); its record for ``predictions.json``, with
+    its ``qc`` record when the predictor computes uncertainty (:mod:`medseg.inference.qc`).
 
     Raises:
         MedsegError: the case cannot be read or predicted.
     """
     out = out_dir / f"{item.name}.nii.gz"
+    record: dict[str, Any] = {"case": item.name, "status": "ok", "output": str(out), **item.details}
+    if item.missing_channels:
+        record["missing_channels"] = list(check_missing_channels(item, art))
     image, affine, like = item.load()
     pred = predictor(image, affine, name=str(item.path))
-    record: dict[str, Any] = {"case": item.name, "status": "ok", "output": str(out)}
     if seg and item.dicom_series:
         from medseg.data.io.dicom_seg import write_dicom_seg
 
@@ -130,17 +148,45 @@ def predict_case(item: InputCase, predictor: CasePredictor, art: Artifact, out_d
                                                   art.labels.labels, version=version,
                                                   algorithm_version=str(art.metadata.get("weights_sha256", "")),
                                                   model_name=str(art.metadata.get("name", ""))))
-    write_nifti(out, pred.label, affine, like=like)  # last: its presence marks the case done
+    record.update(case_review(item.name, image, affine, like, pred.label, pred.uncertainty, art.metadata, out_dir,
+                              uncertainty))
+    write_nifti(out, encode_labels(pred.label, coding, str(out)), affine, like=like)  # last: marks the case done
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     log.info("predict %s: %.1f s", item.name, pred.seconds)
     return {**record, "seconds": round(pred.seconds, 3), "peak_rss_mb": round(peak_mb, 1),
             "max_foreground_prob": pred.max_foreground_prob, "foreground_voxels": int((pred.label > 0).sum())}
 
 
+def check_missing_channels(item: InputCase, art: Artifact) -> tuple[str, ...]:
+    """The channels ``item`` lacks, when the artifact accepts that subset.
+
+    Raises:
+        DataError: naming the case's file and the missing contrast, when it does not.
+    """
+    channels = art.spec.channels
+    policy = missing_channel_policy(art.metadata, [c for c in channels if c not in item.missing_channels])
+    if not policy.accepted:
+        raise DataError(item.path, f"case {item.name} {policy.message}")
+    return policy.missing
+
+
+def review_page(out_dir: Path, items: Sequence[InputCase], results: Sequence[dict[str, Any]], art: Artifact,
+                coding: str, bounds: ViewerBounds) -> dict[str, Any]:
+    """Write ``review.html`` and return its sizes for the summary; a failure to write it is logged and
+    recorded there (the predictions stand)."""
+    try:
+        stats = write_review(out_dir, items, results, art, coding, bounds)
+    except (MedsegError, OSError) as e:
+        log.error("review.html not written: %s", e)
+        return {"error": str(e)}
+    return {"path": str(out_dir / "review.html"), **asdict(stats)}
+
+
 def run_batch(items: Sequence[InputCase], predictor: CasePredictor, art: Artifact, out_dir: Path, *,
-              skip_existing: bool = True, dicom_seg: bool | None = None, extra: dict[str, Any] | None = None
-              ) -> dict[str, Any]:
-    """Predict every case, isolating failures; write ``predictions.json``.
+              skip_existing: bool = True, dicom_seg: bool | None = None, extra: dict[str, Any] | None = None,
+              coding: str = "msd", uncertainty: bool = False, review: ViewerBounds | None = None) -> dict[str, Any]:
+    """Predict every case, isolating failures; write ``predictions.json`` (with every case's ``qc``
+    record and the batch's ``qc`` summary: the cases to review).
 
     Args:
         items: the cases.
@@ -150,6 +196,9 @@ def run_batch(items: Sequence[InputCase], predictor: CasePredictor, art: Artifac
         skip_existing: skip cases whose ``<case>.nii.gz`` exists (a rerun resumes).
         dicom_seg: write DICOM SEG objects for DICOM inputs (``None``: when highdicom is installed).
         extra: more items for the summary.
+        coding: label coding of the written label maps (stated in the summary with each code's name).
+        uncertainty: also write each case's ``<case>_uncertainty.nii.gz``.
+        review: also write ``review.html`` (:mod:`medseg.inference.review`) within these size bounds.
 
     Returns:
         The summary without the per-case list.
@@ -158,6 +207,7 @@ def run_batch(items: Sequence[InputCase], predictor: CasePredictor, art: Artifac
         PartialFailure: at the end, if any case failed (the others keep their outputs).
     """
     results = []
+    predictor.uncertainty = True  # the QC record needs the uncertainty summaries
     seg = want_dicom_seg(dicom_seg, any(c.dicom_series for c in items))
     for item in items:
         out = out_dir / f"{item.name}.nii.gz"
@@ -165,14 +215,21 @@ def run_batch(items: Sequence[InputCase], predictor: CasePredictor, art: Artifac
             results.append({"case": item.name, "status": "skipped (output exists)", "output": str(out)})
             continue
         try:
-            results.append(predict_case(item, predictor, art, out_dir, seg))
-        except MedsegError as e:
+            results.append(predict_case(item, predictor, art, out_dir, seg, coding, uncertainty))
+        except (MedsegError, MemoryError) as e:  # memory exhaustion is one case's failure too
+            e = case_error(item.path, e)
             log.error("predict %s failed: %s", item.name, e)
-            results.append({"case": item.name, "status": "failed", "error": str(e)})
+            missing = {"missing_channels": list(item.missing_channels)} if item.missing_channels else {}
+            results.append({"case": item.name, "status": "failed", "error": str(e), **missing})
     failed = [r for r in results if r["status"] == "failed"]
-    summary = {"artifact": str(art.path), **(extra or {}), "cases": results,
+    codes = {code: art.labels.labels[k] for k, code in output_codes(coding).items() if k in art.labels.labels}
+    summary = {"artifact": str(art.path), **(extra or {}), "labels": coding,
+               "label_codes": {str(c): codes[c] for c in sorted(codes)},
+               "cases": results,
                "n_ok": sum(r["status"] == "ok" for r in results), "n_failed": len(failed),
-               "n_skipped": sum(r["status"].startswith("skipped") for r in results)}
+               "n_skipped": sum(r["status"].startswith("skipped") for r in results), "qc": batch_review(results)}
+    if review is not None:
+        summary["review"] = review_page(out_dir, items, results, art, coding, review)
     write_json(out_dir / "predictions.json", summary)
     if failed:  # the cases that finished keep their outputs; the stage still exits non-zero
         raise PartialFailure(f"{len(failed)} case(s) failed: " + "; ".join(r["error"] for r in failed)

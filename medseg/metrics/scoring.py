@@ -28,7 +28,7 @@ import numpy as np
 
 from medseg.config import EvaluateConfig, choice
 from medseg.data.labels import LabelSpec
-from medseg.errors import DataError, MedsegError
+from medseg.errors import DataError, MedsegError, case_error
 from medseg.metrics.aggregate import aggregate
 from medseg.metrics.case import case_metrics
 from medseg.metrics.detection import detect, detection_summary
@@ -44,15 +44,24 @@ HD_DEFINITION = ("HD95 = max of the two directed 95th percentiles of surface dis
                  "(BraTS / MONAI definition), voxel spacing honoured")
 
 
-def conventions(empty: EmptyConvention, nsd_mm: float) -> dict[str, str]:
+LESION_CONVENTIONS = {
+    "brats2023": "BraTS 2023: 26-connected lesions, reference dilated 3 voxels, lesions under 0.05 ml ignored, "
+                 "missed / false-positive lesions Dice 0 and HD95 374 mm",
+    "brats2025": "BraTS 2025 (brats-evaluation / panoptica): 26-connected lesions, no dilation or size "
+                 "threshold, one-to-one matching maximising Dice (any overlap), lesion-wise Dice / HD95 / NSD "
+                 "= mean over matched lesions (none matched: Dice 0, HD95 the one-empty HD; no lesions: "
+                 "undefined), F1 = TP / (TP + (FP + FN) / 2)",
+}
+
+
+def conventions(empty: EmptyConvention, nsd_mm: float, lesion_convention: str = "brats2023") -> dict[str, str]:
     """The conventions recorded in ``metrics.json``."""
-    return {"empty": empty.describe(), "hd": HD_DEFINITION,
+    return {"empty": empty.describe(), "hd": HD_DEFINITION, "lesion_convention": lesion_convention,
             "msd": "mean of both directions' surface distances pooled (MedPy assd), mm",
             "nsd": f"normalised surface Dice at {nsd_mm:g} mm",
             "rates": "sensitivity/precision undefined (null, skipped in aggregates) when the "
                      "reference/prediction is empty",
-            "lesion_wise": "BraTS 2023: 26-connected lesions, reference dilated 3 voxels, lesions "
-                           "under 0.05 ml ignored, missed / false-positive lesions Dice 0 and HD95 374 mm",
+            "lesion_wise": LESION_CONVENTIONS[lesion_convention],
             "aggregate": "mean, median, std, IQR and bootstrap 95% CI of the mean (2000 resamples); "
                          "undefined values skipped (n counts the values used)",
             "failures": "a missing or unreadable prediction (evaluate.skip_bad=true) is scored as an "
@@ -115,6 +124,7 @@ class Scoring:
         self.percentile = float(evaluate.hd_percentile)
         self.nsd_mm = float(evaluate.nsd_tolerance_mm)
         self.min_ml = float(evaluate.detection_min_ml)
+        self.lesion_convention = choice(evaluate.lesion_convention)
         self.records: list[dict[str, Any]] = []
         self.detections: list[dict[str, Any]] = []
         self._fingerprint = hashlib.sha256()
@@ -124,7 +134,8 @@ class Scoring:
             reason: str | None = None, scored_as: str | None = None) -> dict[str, Any]:
         """Score one case (internal label maps on one grid) and record it."""
         spacing = [float(x) for x in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)]
-        m = case_metrics(pred, ref, spacing, self.labels, self.percentile, self.empty, self.nsd_mm)
+        m = case_metrics(pred, ref, spacing, self.labels, self.percentile, self.empty, self.nsd_mm,
+                         lesion_convention=self.lesion_convention)
         self._fingerprint.update(f"{name}:{ref.shape}:{np.round(affine, 4).tolist()}".encode())
         self._fingerprint.update(np.ascontiguousarray(ref, dtype=np.uint8).tobytes())
         found = detect(pred, affine, self.labels.regions, self.min_ml)
@@ -171,7 +182,7 @@ class Scoring:
         summary = aggregate([r["metrics"] for r in scored])
         failed = [{"case": r["case"], "reason": r["reason"], "scored_as": r["scored_as"]}
                   for r in self.records if r["status"] != "ok"]
-        conv = conventions(self.empty, self.nsd_mm)
+        conv = conventions(self.empty, self.nsd_mm, self.lesion_convention)
         prov = {**provenance(), "data_fingerprint": self.fingerprint, "model_sha256": model_sha or "n/a (external)",
                 **source, "seconds": round(seconds, 2)}
         metrics = {"convention": conv, "regions": {k: list(v) for k, v in self.labels.regions.items()},
@@ -181,9 +192,11 @@ class Scoring:
                    "model_sha256": model_sha, "provenance": prov, "config": config}
         if "checkpoint" in source:
             metrics["checkpoint"] = source["checkpoint"]
+        metrics["missing_channels"] = source.get("missing_channels") or "none"  # evaluate.drop_channels
         detection = detection_summary(self.detections, [r["metrics"] for r in scored], self.labels.regions,
                                       self.min_ml)
         report_conv = [f"Empty masks — {self.empty.describe()}", HD_DEFINITION,
+                       f"Lesion-wise scores: evaluate.lesion_convention={self.lesion_convention}",
                        f"Surface Dice tolerance {self.nsd_mm:g} mm; volumes in ml from the voxel spacing",
                        conv["lesion_wise"], conv["aggregate"], conv["failures"]]
         return Evaluation(metrics, detection, self.records, self.labels, report_conv, self.nsd_mm)
@@ -228,9 +241,10 @@ def score_predictions(scoring: Scoring, predictions: Path, files: Mapping[str, P
             pred = read_prediction(name, files[name], convention, ref, affine)
             scoring.add(name, pred, ref, affine, seconds=extra.get("seconds"),
                         max_prob=extra.get("max_foreground_prob"))
-        except MedsegError as e:
+        except (MedsegError, MemoryError) as e:  # memory exhaustion: this case's one-line error
+            e = case_error(files.get(name, predictions), e)
             if not skip_bad:
-                raise
+                raise e from None
             _score_as_empty(scoring, reference, str(e))
     return unmatched
 

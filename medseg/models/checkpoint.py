@@ -48,6 +48,9 @@ class CheckpointMeta:
         iteration: iterations done when they were saved.
         val: validation Dice per region at that epoch, when validated.
         best_metric: the best validation score so far (``best.pt`` only).
+        accepted_subsets: the channel subsets the network was trained to accept (channel dropout,
+            see :func:`medseg.data.augment.accepted_subsets`); empty in checkpoints written before
+            it was recorded (only the full set).
     """
 
     plan: dict[str, Any]
@@ -62,6 +65,7 @@ class CheckpointMeta:
     iteration: int | None = None
     val: dict[str, float] | None = None
     best_metric: float | None = None
+    accepted_subsets: list[list[str]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """The metadata as plain JSON-ready data (what is stored under ``"meta"``)."""

@@ -5,7 +5,9 @@ Sections: conventions; summary table with bootstrap 95% confidence intervals; le
 detection summary (case-level confusion table, sensitivity, specificity, ROC curve, false
 detections); the worst and the best cases, each with a montage of three orthogonal slices through
 the tumour showing prediction and reference outlines on the relevant contrast (whole tumour on
-FLAIR, enhancing tumour on T1-Gd, when those channels exist); failed cases; a sortable per-case
+FLAIR, enhancing tumour on T1-Gd, when those channels exist); failed cases; calibration (ECE before
+and after temperature scaling, reliability diagram) and quality control (ROC AUC of the QC score
+for bad cases, flagged cases and their reasons; :mod:`medseg.report.review`); a sortable per-case
 table; provenance (config, commit, data fingerprint, model hash, library versions, timings).
 """
 
@@ -19,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from medseg.errors import MedsegError
-from medseg.metrics.external import read_prediction
 from medseg.metrics.references import Reference
 from medseg.metrics.scoring import Evaluation
 from medseg.report.figures import bland_altman, box_strip, outline_montage, roc_figure
 from medseg.report.render import Page, fmt
+from medseg.report.viewer import EvaluationViewer, scored_case_loader
+from medseg.report.review import review_sections
 from medseg.utils.files import atomic_path, write_json
 
 #: ``(caption, image, reference mask, predicted mask)`` rows and the affine, for one case.
@@ -81,8 +83,10 @@ def write_evaluation_report(out_dir: Path, *, title: str, summary: Mapping[str, 
                             records: Sequence[Mapping[str, Any]], regions: Mapping[str, Sequence[int]],
                             detection: Mapping[str, Any], conventions: Sequence[str], provenance: Mapping[str, Any],
                             config_yaml: str, montage: MontageLoader | None, n_figures: int,
-                            nsd_mm: float) -> tuple[Path, Path]:
-    """Write ``report.md`` and ``report.html`` (and the PNG figures under ``figures/``)."""
+                            nsd_mm: float, review: Mapping[str, Any] | None = None,
+                            viewer: EvaluationViewer | None = None) -> tuple[Path, Path]:
+    """Write ``report.md`` and ``report.html`` (and the PNG figures under ``figures/``; with ``viewer``,
+    the interactive NiiVue viewer of every case in ``report.html``)."""
     figdir = out_dir / "figures"
     region_names = list(regions)
     scored = [r for r in records if r.get("metrics") is not None]
@@ -90,6 +94,10 @@ def write_evaluation_report(out_dir: Path, *, title: str, summary: Mapping[str, 
     page = Page(title, out_dir)
     page.paragraph(f"{len(records)} cases, {len(failed)} failed; regions: "
                    + ", ".join(f"{k} = {list(v)}" for k, v in regions.items()) + ".")
+    if provenance.get("missing_channels"):
+        page.paragraph(f"Missing-contrast pattern: without {provenance['missing_channels']} (evaluate.drop_channels: "
+                       "zeroed after normalisation, as for a missing contrast); every figure below is for this "
+                       "pattern.", note=True)
     page.heading("Conventions")
     page.bullets(conventions)
     if failed:
@@ -105,7 +113,11 @@ def write_evaluation_report(out_dir: Path, *, title: str, summary: Mapping[str, 
         page.heading("Failed cases")
         page.table(["case", "reason", "scored as"],
                    [[r["case"], r.get("reason", ""), r.get("scored_as", "not scored")] for r in failed])
+    if review:
+        review_sections(page, review, figdir)
     _per_case_section(page, records, region_names, detection)
+    if viewer is not None:
+        viewer.add_to(page, records, regions, {r["case"]: case_score(r, region_names) for r in records})
     page.heading("Provenance")
     page.table(["item", "value"], [[k, _flat(v)] for k, v in provenance.items()])
     page.preformatted("Resolved configuration", config_yaml)
@@ -226,7 +238,7 @@ def _flat(v: Any) -> str:
 
 
 def write_evaluation(out_dir: Path, evaluation: Evaluation, *, config_yaml: str, montage: MontageLoader | None,
-                     n_figures: int) -> None:
+                     n_figures: int, viewer: EvaluationViewer | None = None) -> None:
     """Write everything ``evaluate`` leaves: ``metrics.json``, ``detections.json``, ``metrics.csv``,
     ``report.md``, ``report.html`` and ``figures/``."""
     write_json(out_dir / "metrics.json", evaluation.metrics)
@@ -237,22 +249,17 @@ def write_evaluation(out_dir: Path, evaluation: Evaluation, *, config_yaml: str,
                             records=evaluation.records, regions=evaluation.labels.regions,
                             detection=evaluation.detection, conventions=evaluation.report_conventions,
                             provenance=metrics["provenance"], config_yaml=config_yaml, montage=montage,
-                            n_figures=n_figures, nsd_mm=evaluation.nsd_mm)
+                            n_figures=n_figures, nsd_mm=evaluation.nsd_mm, review=metrics.get("review"),
+                            viewer=viewer)
 
 
 def montage_loader(references: Mapping[str, Reference], files: Mapping[str, Path], convention: str,
                    regions: Mapping[str, Sequence[int]]) -> MontageLoader:
-    """Montage rows of a scored case: its reference (with the image, when there is one) and its
-    prediction file (empty when it is missing or was refused, as it was scored)."""
+    """Montage rows of a scored case, loaded by :func:`medseg.report.viewer.scored_case_loader`."""
+    load = scored_case_loader(references, files, convention)
 
     def montage(name: str) -> tuple[list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], np.ndarray]:
-        ref, affine, image, channels = references[name].case()
-        try:
-            pred = read_prediction(name, files[name], convention, ref, affine)
-        except (KeyError, MedsegError):
-            pred = np.zeros_like(ref)
-        if image is None:
-            image, channels = np.zeros((1, *ref.shape), dtype=np.float32), ["no image"]
+        image, channels, affine, ref, pred = load(name)
         return montage_rows(image, channels, ref, pred, regions), affine
 
     return montage

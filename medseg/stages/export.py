@@ -8,6 +8,10 @@ Outputs: ``artifact/`` with ``model.ts``, ``model.onnx`` (``export.onnx``), ``MO
 ``summary.json`` with the parity figures of every format. Export fails if any format's logits or
 labels differ from the eager model's beyond ``export.logit_tolerance`` /
 ``export.min_label_agreement`` (:mod:`medseg.export.parity`).
+
+With ``calibration.enabled`` and ``paths.prepared``, the temperature and the QC thresholds are
+fitted on the validation split (:mod:`medseg.export.review`) and recorded in ``metadata.json``
+(``calibration``, ``qc``); ``summary.json`` states the temperature.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from medseg.export.metadata import artifact_metadata, training_data
 from medseg.export.model_card import model_card
 from medseg.export.onnx import export_onnx, quantize_int8
 from medseg.export.parity import check_formats, parity_inputs
+from medseg.export.review import review_metadata
 from medseg.inference.targets import Target
 from medseg.models.checkpoint import model_from_checkpoint
 from medseg.stages.common import require_path
@@ -64,6 +69,7 @@ def export(cfg: Any, checkpoint: Path, prepared: PreparedDataset | None, metrics
     scripted = script_model(model, example)
     metadata = artifact_metadata(str(cfg.name), meta, model, checkpoint, read_json(metrics) if metrics else None,
                                  min_component_ml=float(cfg.evaluate.inference.min_component_ml or 0.0))
+    metadata.update(review_metadata(getattr(cfg, "calibration", None), cfg.evaluate.inference, checkpoint, prepared))
     art_dir = out_dir / "artifact"
     write_formats(cfg.export, art_dir, model, example, scripted, metadata, training_data(prepared))
     parity = check_formats(cfg.export, model, art_dir, example, image, patch, target)
@@ -71,6 +77,7 @@ def export(cfg: Any, checkpoint: Path, prepared: PreparedDataset | None, metrics
         log.info("export %s: max |logit diff| %.2e, label agreement %.6f", b, p["max_abs_logit_diff"],
                  p["label_agreement"])
     summary = {"artifact": str(art_dir), **parity["torch"], "parity": parity,
+               "temperature": (metadata.get("calibration") or {}).get("temperature"),
                "files": sorted(read_json(art_dir / "metadata.json")["files"])}
     return ExportResult(artifact=art_dir, summary=summary)
 

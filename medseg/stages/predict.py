@@ -2,10 +2,12 @@
 
 Needs only the artifact (``paths.artifact``) and the input folder (``paths.input``): no training
 config, no checkpoint. With ``predict.source=files`` (default) each input is a 4D NIfTI with
-channels last in the order the artifact's metadata lists; with ``predict.source=data`` the input is
-a dataset folder read like ``prepare`` reads one (``data.source``: BraTS folders, NIfTI patterns,
-DICOM studies, X-ray DICOM), optionally restricted to ``predict.cases``. Writes ``<case>.nii.gz``
-label maps on each input's own grid (same shape and affine; for DICOM the grid built from the first
+channels last in the order the artifact's metadata lists, or a case of per-contrast files
+(``predict.layout``: BraTS 2023/2021, nnU-Net; see :mod:`medseg.inference.layouts`); with
+``predict.source=data`` the input is a dataset folder read like ``prepare`` reads one
+(``data.source``: BraTS folders, NIfTI patterns, DICOM studies, X-ray DICOM), optionally restricted
+to ``predict.cases``. Writes ``<case>.nii.gz`` label maps on each input's own grid in the coding
+``predict.labels`` names (same shape and affine; for DICOM the grid built from the first
 channel's series, plus ``<case>.seg.dcm``, a DICOM SEG object referencing that series, with
 ``predict.dicom_seg``) and ``predictions.json`` with per-case status, time and peak memory. Cases
 whose output already exists are skipped (``predict.skip_existing``), so a rerun resumes;
@@ -28,19 +30,23 @@ from pathlib import Path
 from typing import Any
 
 from medseg.config import Backend, PredictSource, choice
+from medseg.data.contrasts import identification_json, missing_files, stand_in, zero_channels
 from medseg.data.sources import CaseRef, build_source
 from medseg.errors import DataError
 from medseg.export.artifact import load_artifact
 from medseg.inference.build import build_predictor
-from medseg.inference.runtime import InputCase, Loaded, file_inputs, run_batch, shard_items
+from medseg.inference.layouts import discover_inputs, output_coding
+from medseg.inference.runtime import InputCase, Loaded, run_batch, shard_items
 from medseg.stages.common import require_path
+from medseg.utils.niivue import viewer_bounds
 
 log = logging.getLogger(__name__)
 
 
 def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: Sequence[str] = ()
-                   ) -> list[InputCase]:
-    """Cases of a dataset folder read with the ``data`` source settings (any layout, DICOM too).
+                   ) -> tuple[list[InputCase], str]:
+    """Cases of a dataset folder read with the ``data`` source settings (any layout, DICOM too),
+    and the label convention of the source (for ``predict.labels=auto``).
 
     Args:
         data_cfg: the ``data`` section (source kind and options).
@@ -55,8 +61,10 @@ def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: 
     if tuple(source.channels) != tuple(channels):
         raise DataError(inputs, f"the {choice(data_cfg.source)} source gives channels {list(source.channels)}, "
                                 f"the model expects {list(channels)}")
+    source.allow_missing = True  # a study without a series: the artifact's accepted subsets decide
     wanted = set(cases)
-    refs = [replace(r, label=None) for r in source.cases() if not wanted or r.name in wanted]
+    refs = [with_stand_ins(replace(r, label=None), source.channels) for r in source.cases()
+            if not wanted or r.name in wanted]
     missing = wanted - {r.name for r in refs}
     if missing:
         raise DataError(inputs, f"predict.cases {sorted(missing)} are not in the dataset")
@@ -64,10 +72,22 @@ def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: 
     def loader(ref: CaseRef) -> Callable[[], Loaded]:
         def load() -> Loaded:
             case = source.load(ref)
-            return case.image, case.affine, None
+            return zero_channels(case.image, source.channels, ref.missing), case.affine, None
         return load
 
-    return [InputCase(r.name, r.images[0], loader(r), tuple(r.series[0]) if r.series else ()) for r in refs]
+    return ([InputCase(r.name, r.images[0], loader(r), tuple(r.series[0]) if r.series else (),
+                       missing_channels=r.missing,
+                       details={"contrasts": identification_json(r)} if r.identification else {}) for r in refs],
+            source.convention)
+
+
+def with_stand_ins(ref: CaseRef, channels: Sequence[str]) -> CaseRef:
+    """``ref`` with a present channel's files standing in for each missing one (at least one present;
+    see :func:`medseg.data.contrasts.stand_in`)."""
+    missing = missing_files(ref, channels)
+    if not missing or len(missing) == len(channels) or ref.missing:
+        return ref
+    return stand_in(ref, channels, missing)
 
 
 def predict(cfg: Any, artifact: Path, inputs: Path, out_dir: Path, cases: list[str] | None = None,
@@ -94,14 +114,19 @@ def predict(cfg: Any, artifact: Path, inputs: Path, out_dir: Path, cases: list[s
     art = load_artifact(artifact, load_module=torch_module)
     ensemble = [load_artifact(p, load_module=torch_module) for p in pc.ensemble]
     if choice(source or pc.source) == PredictSource.data.value:
-        items = dataset_inputs(cfg.data, inputs, art.spec.channels, list(pc.cases) if cases is None else cases)
+        items, convention = dataset_inputs(cfg.data, inputs, art.spec.channels,
+                                           list(pc.cases) if cases is None else cases)
+        layout = f"data.source={choice(cfg.data.source)}"
     else:
-        items = file_inputs(inputs, str(pc.pattern), len(art.spec.channels))
+        items, layout = discover_inputs(inputs, choice(pc.layout), art.spec.channels, str(pc.pattern))
+        convention = layout
+    coding = output_coding(choice(pc.labels), convention, art.labels)
     items = shard_items(items, pc.shard)
     predictor = build_predictor(pc.inference, artifact=art, ensemble=ensemble, backend=backend)
     return run_batch(items, predictor, art, out_dir, skip_existing=bool(pc.skip_existing), dicom_seg=pc.dicom_seg,
-                     extra={"input": str(inputs), "backend": backend, "shard": pc.shard,
-                            "ensemble": [str(a.path) for a in ensemble]})
+                     coding=coding, uncertainty=bool(pc.uncertainty),
+                     review=viewer_bounds(pc.review, pc.viewer_case_mb, pc.viewer_max_mb, "predict.review"), extra={"input": str(inputs), "layout": layout, "backend": backend,
+                                           "shard": pc.shard, "ensemble": [str(a.path) for a in ensemble]})
 
 
 def predict_stage(cfg: Any, out_dir: Path) -> dict[str, Any]:

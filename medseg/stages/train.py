@@ -84,7 +84,8 @@ def _summary(result: FitResult, fold: int | None) -> dict[str, Any]:
             "epochs": result.epochs_run, "iterations": result.iterations,
             "train_seconds": result.seconds, "stopped_by": result.stopped_by, "resumed_from": result.resumed_from,
             "fold": fold, "best_checkpoint": str(result.best_checkpoint),
-            "last_checkpoint": str(result.last_checkpoint)}
+            "last_checkpoint": str(result.last_checkpoint), "budget": result.budget,
+            "peak_memory_gb": result.peak_memory_gb}
 
 
 def train_stage(cfg: Any, out_dir: Path) -> dict[str, Any]:
