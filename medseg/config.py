@@ -428,11 +428,14 @@ class CalibrationConfig:
     bins: int = 15  # equal-width probability bins of the ECE and the reliability diagram
     max_voxels: int = 2_000_000  # band voxels sampled (seeded) over all validation cases for the fit
     qc_quantile: float = 1.0  # a QC signal's threshold: this quantile of its validation values (1.0: the largest)
+    qc_false_flag_rate: Optional[float] = 0.01  # ... or mean + z*sd of them for this one-sided rate, if larger
     review_dice: float = 0.8  # evaluate: a case is "bad" for the QC ranking (ROC AUC) below this Dice
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.qc_quantile <= 1.0:
             raise ValueError(f"calibration.qc_quantile={self.qc_quantile} must be in [0, 1]")
+        if self.qc_false_flag_rate is not None and not 0.0 < self.qc_false_flag_rate < 0.5:
+            raise ValueError(f"calibration.qc_false_flag_rate={self.qc_false_flag_rate} must be in (0, 0.5)")
         if self.band_mm <= 0 or self.bins < 2 or self.max_voxels < 1:
             raise ValueError("calibration.band_mm must be > 0, calibration.bins >= 2, calibration.max_voxels >= 1")
 

@@ -190,3 +190,14 @@ def test_run_records_calibration_qc_and_uncertainty(run_dir: Path, tiny_dataset:
         umap = nib.load(case["uncertainty_map"])
         assert umap.shape == nib.load(case["output"]).shape and np.asarray(umap.dataobj).max() <= 2.0 + 1e-5
     assert summary["qc"]["n_checked"] == len(summary["cases"])
+
+
+def test_thresholds_from_few_validation_cases_take_the_normal_tolerance_bound():
+    fp = {"spacing_mm": {"min": [1, 1, 1], "median": [1, 1, 1], "max": [1, 1, 1]},
+          "shape": {"min": [10, 10, 10], "median": [10, 10, 10], "max": [10, 10, 10]}}
+    validation = [{"entropy": v} for v in (0.2, 0.3, 0.4, 0.5)]
+    assert fit_thresholds(validation, fp, 1.0)["entropy"] == 0.5  # the largest alone
+    mean, sd = 0.35, float(np.std([0.2, 0.3, 0.4, 0.5], ddof=1))
+    bound = fit_thresholds(validation, fp, 1.0, false_flag_rate=0.01)["entropy"]
+    assert bound == pytest.approx(mean + 2.3263478740408408 * sd)
+    assert fit_thresholds([{"entropy": 0.9}], fp, 1.0, false_flag_rate=0.01)["entropy"] == 0.9

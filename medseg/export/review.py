@@ -93,7 +93,7 @@ def fit_qc(predictor: CasePredictor, prepared: PreparedDataset, entries: Sequenc
         if case.label is not None:
             ref_ml.append(float(np.isin(case.label, list(first)).sum()) * voxel_ml(case.affine))
     values = [{k: v for k, v in s.items() if k != "case"} for s in signals]
-    thresholds = fit_thresholds(values, fingerprint, float(cfg.qc_quantile), ref_ml)
+    thresholds = fit_thresholds(values, fingerprint, float(cfg.qc_quantile), ref_ml, cfg.qc_false_flag_rate)
     return {"fingerprint": fingerprint, "thresholds": thresholds, "quantile": float(cfg.qc_quantile),
             "n_cases": len(signals), "validation_signals": signals, "reference_tumour_ml": ref_ml}
 
