@@ -43,6 +43,28 @@ class DataError(MedsegError):
         super().__init__(f"{path}: {self.problem}")
 
 
+class InvalidCase(DataError):
+    """A case that failed its checks. Every problem travels with it, as found (``problems``); the
+    message is the first problem and a count of the others.
+
+    Args:
+        case: the case name.
+        path: the case's first file (or its folder).
+        problems: every problem found, each a one-line message naming its file.
+    """
+
+    def __init__(self, case: str, path: str | Path, problems: list[str]) -> None:
+        self.case = case
+        self.problems = [one_line(p) for p in problems] or [f"{case}: could not be loaded"]
+        more = f" (and {len(self.problems) - 1} more problems)" if len(self.problems) > 1 else ""
+        self.path = Path(path)
+        self.problem = self.problems[0] + more
+        MedsegError.__init__(self, self.problem)
+
+    def __reduce__(self) -> tuple:  # picklable across worker processes
+        return (type(self), (self.case, self.path, self.problems))
+
+
 class ArtifactError(MedsegError):
     """An exported model artifact is missing, incomplete or has been modified."""
 

@@ -28,7 +28,7 @@ def test_predict_in_a_fresh_runtime_only_venv(run_dir, tiny_dataset, tmp_path):
     subprocess.run([*pip, *RUNTIME], check=True, timeout=900)
     src = tmp_path / "src"  # a copy, so that building the wheel leaves nothing in the checkout
     shutil.copytree(REPO, src, ignore=lambda folder, names: [n for n in names if n in TOP_LEVEL_SKIP or (
-        Path(folder) == REPO and n not in ("medseg", "pipelines", "pyproject.toml", "README.md"))])
+        Path(folder) == REPO and n not in ("medseg", "conf", "pyproject.toml", "README.md"))])
     subprocess.run([*pip, "--no-deps", str(src)], check=True, timeout=900)
     for absent in ("monai", "hydra", "omegaconf"):
         probe = subprocess.run([str(py), "-c", f"import {absent}"], capture_output=True)

@@ -160,3 +160,16 @@ def test_source_options_are_plain_for_typed_and_dict_configs(tmp_path):
     root = write_brats_dataset(tmp_path / "brats", CFG, "brats2023", workers=1)
     src = build_source(data, root=root)  # the data settings over another folder
     assert isinstance(src, BraTSSource) and src.release == "brats2023" and len(src.cases()) == CFG.n
+
+
+def test_a_bad_case_raises_with_every_problem_typed(tmp_path):
+    """Problems travel as values: the raised error carries the whole list, none re-parsed from text."""
+    import pickle
+
+    from medseg.errors import InvalidCase
+
+    err = InvalidCase("c1", tmp_path / "c1.nii.gz", [f"{tmp_path / 'c1.nii.gz'}: holds NaN", "c1_seg: bad label"])
+    assert err.problems[1] == "c1_seg: bad label" and err.path == tmp_path / "c1.nii.gz"
+    assert str(err) == f"{tmp_path / 'c1.nii.gz'}: holds NaN (and 1 more problems)"
+    again = pickle.loads(pickle.dumps(err))
+    assert again.problems == err.problems and str(again) == str(err)

@@ -21,7 +21,7 @@ import numpy as np
 
 from medseg.data.io.nifti import DEFAULT_MAX_VOXELS, NiftiVolume, read_nifti
 from medseg.data.labels import LabelSpec, check_nested, label_spec, nested_chain, region_masks, remap_labels
-from medseg.errors import DataError
+from medseg.errors import DataError, InvalidCase
 
 
 @dataclass(frozen=True)
@@ -109,13 +109,11 @@ class Source(ABC):
         """Load and validate one case.
 
         Raises:
-            DataError: the first problem (the message counts the others).
+            InvalidCase: every problem found (the message is the first and counts the others).
         """
         case, problems = self.check(ref)
         if problems or case is None:
-            first = problems[0] if problems else f"{ref.name}: could not be loaded"
-            more = f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""
-            raise DataError(first.split(": ", 1)[0], first.split(": ", 1)[-1] + more)
+            raise InvalidCase(ref.name, ref.files[0] if ref.files else self.root, problems)
         return case
 
     def input_files(self, ref: CaseRef) -> tuple[Path, ...]:
