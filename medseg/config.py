@@ -289,7 +289,9 @@ class AugmentConfig:
     lowres_factor: float = 2.0
     noise_prob: float = 0.15
     noise_std: float = 0.1
-    channel_dropout_prob: float = 0.0  # share of patches with 1..channel_dropout_max contrasts zeroed
+    # share of patches with 1..channel_dropout_max contrasts zeroed (a no-op for one-channel models); on by
+    # default since bench/missing_contrast.py measured no full-contrast cost (docs/performance.md)
+    channel_dropout_prob: float = 0.5
     channel_dropout_max: int = 1  # most contrasts dropped at once (always at least one kept)
 
     def __post_init__(self) -> None:

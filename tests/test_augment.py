@@ -175,7 +175,9 @@ def test_accepted_subsets_follow_the_dropout_settings():
     from medseg.data.augment import accepted_subsets
 
     channels = ["FLAIR", "T1w", "t1gd", "T2w"]
-    assert accepted_subsets(channels, AugmentConfig()) == [channels]  # off by default
+    assert accepted_subsets(channels, AugmentConfig(channel_dropout_prob=0.0)) == [channels]  # off
+    assert accepted_subsets(channels, AugmentConfig()) == accepted_subsets(channels, {"channel_dropout_prob": 0.5})
+    assert accepted_subsets(["FLAIR"], AugmentConfig()) == [["FLAIR"]]  # one channel: nothing to drop
     one = accepted_subsets(channels, AugmentConfig(channel_dropout_prob=0.5))
     assert one[0] == channels and len(one) == 5 and ["FLAIR", "T1w", "T2w"] in one
     assert len(accepted_subsets(channels, {"channel_dropout_prob": 0.5, "channel_dropout_max": 9})) == 1 + 4 + 6 + 4

@@ -111,7 +111,7 @@ def test_qc_flags_a_shifted_case_and_not_an_in_distribution_one(tiny_dataset):
     noisy = image + rng.normal(0, 0.5 * image[image != 0].std(), image.shape).astype(np.float32)
     shifted = case_qc(noisy, affine, np.zeros(image.shape[1:], np.uint8), _uncertainty(), reference, channels)
     assert shifted["review"] and shifted["score"] > 1.0
-    assert any("intensities" in r for r in shifted["reasons"])
+    assert any("intensity statistics" in r for r in shifted["reasons"])
     missing = image.copy()
     missing[2] = 0
     gone = case_qc(missing, affine, np.zeros(image.shape[1:], np.uint8), _uncertainty(), reference, channels)

@@ -43,12 +43,21 @@ def _distribution(values: np.ndarray) -> dict[str, list[float]]:
 
 
 def _intensities(metas: list[dict[str, Any]], channels: tuple[str, ...]) -> dict[str, dict[str, Any]]:
-    """Mean of the per-case intensity statistics, per channel, over non-zero and foreground voxels."""
+    """Mean of the per-case intensity statistics, per channel, over non-zero and foreground voxels,
+    and (``nonzero_spread``) the between-case standard deviation of each non-zero statistic."""
     chans = {}
     for c, name in enumerate(channels):
         per = [m["stats"]["channels"][c] for m in metas]
         chans[name] = {kind: _mean_stats([p[kind] for p in per if p[kind]]) for kind in ("nonzero", "foreground")}
+        chans[name]["nonzero_spread"] = _spread_stats([p["nonzero"] for p in per if p["nonzero"]])
     return chans
+
+
+def _spread_stats(items: list[dict[str, float]]) -> dict[str, float] | None:
+    """Sample standard deviation over cases of each statistic (``None`` for fewer than two cases)."""
+    if len(items) < 2:
+        return None
+    return {k: float(np.std([i[k] for i in items], ddof=1)) for k in items[0]}
 
 
 def _mean_stats(items: list[dict[str, float]]) -> dict[str, float] | None:

@@ -4,8 +4,9 @@ cases, a score and a ``review`` flag with the reasons in words.
 Signals of a case (each ``>= 0``, larger is worse):
 
 - ``intensity:<channel>``: the largest distance of the channel's non-zero intensity statistics
-  (mean, std, 0.5/50/99.5th percentiles) from the training fingerprint's, in units of the
-  fingerprint's intensity standard deviation;
+  (mean, std, 0.5/50/99.5th percentiles) from the training fingerprint's, each in units of that
+  statistic's spread between the training cases (``nonzero_spread``; fingerprints written before it
+  existed fall back to the within-case intensity standard deviation);
 - ``spacing``: the largest ``|log2(spacing / training median spacing)|`` over the three axes;
 - ``extent``: the same for the field of view (shape x spacing, mm);
 - ``tumour_ml``: the predicted volume of the first region (whole tumour), ml;
@@ -52,6 +53,7 @@ def qc_fingerprint(fingerprint: Mapping[str, Any]) -> dict[str, Any]:
     """What QC keeps of the training fingerprint: per-channel non-zero intensity statistics and
     the spacing and shape distributions."""
     return {"intensity": {ch: v.get("nonzero") for ch, v in fingerprint["intensity"].items()},
+            "intensity_spread": {ch: v.get("nonzero_spread") for ch, v in fingerprint["intensity"].items()},
             "spacing_mm": fingerprint["spacing_mm"], "shape": fingerprint["shape"]}
 
 
@@ -78,7 +80,8 @@ def input_signals(image: np.ndarray, affine: np.ndarray, channels: Sequence[str]
         if st is None or st["std"] == 0.0:
             missing.append(ch)
         elif ref:
-            signals[f"intensity:{ch}"] = max(abs(st[k] - ref[k]) for k in STATS) / max(ref["std"], 1e-6)
+            spread = (fingerprint or {}).get("intensity_spread", {}).get(ch) or {k: ref["std"] for k in STATS}
+            signals[f"intensity:{ch}"] = max(abs(st[k] - ref[k]) / max(spread[k], 1e-6) for k in STATS)
     if fingerprint is None:
         return signals, missing
     sp_med, sh_med = fingerprint["spacing_mm"]["median"], fingerprint["shape"]["median"]
@@ -142,7 +145,8 @@ def _threshold(values: Sequence[float], quantile: float, false_flag_rate: float 
 def _reason(key: str, value: float, limit: float, region: str) -> str:
     """One sentence for a signal beyond its threshold."""
     if key.startswith("intensity:"):
-        return (f"{key.split(':', 1)[1]} intensities are {value:.2f} training SDs from the training fingerprint "
+        return (f"{key.split(':', 1)[1]} intensity statistics are {value:.2f} between-case SDs from the training "
+                f"fingerprint "
                 f"(validation cases up to {limit:.2f})")
     if key in ("spacing", "extent"):
         what = "voxel spacing" if key == "spacing" else "field of view"
