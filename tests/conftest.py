@@ -47,6 +47,15 @@ def run_medseg(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.Com
 
 
 @pytest.fixture(scope="session")
+def prepared(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``medseg prepare`` of the tiny dataset with the TINY settings. Read-only!"""
+    cwd = tmp_path_factory.mktemp("prep")
+    proc = run_medseg(["prepare", f"data.root={tiny_dataset}", "hydra.run.dir=prep", *TINY], cwd)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return cwd / "prep"
+
+
+@pytest.fixture(scope="session")
 def run_dir(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """``medseg run`` on the tiny dataset (prepare, train, evaluate, export, predict). Read-only!"""
     cwd = tmp_path_factory.mktemp("e2e")

@@ -4,7 +4,6 @@ no function longer than a screen."""
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
 import pytest
 

@@ -88,7 +88,6 @@ def test_unknown_stage(tmp_path):
 import gzip
 import json
 import os
-import resource
 import subprocess
 import sys
 

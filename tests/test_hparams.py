@@ -5,7 +5,6 @@ as the objective; ``optimized_metric`` naming no number is a one-line error."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -21,14 +20,6 @@ SMALL = [*(o for o in TINY if not o.startswith("train.patch_size=")), "train.max
 #: the patch sizes of the preset are CPU-heavy for a test: the same search over small ones
 SEARCH = ["hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
           "hydra.sweeper.params={train.patch_size:'choice([16,16,16],[32,32,32])'}"]  # merged into params
-
-
-@pytest.fixture(scope="module")
-def prepared(tiny_dataset, tmp_path_factory) -> Path:
-    cwd = tmp_path_factory.mktemp("prep")
-    proc = run_medseg(["prepare", f"data.root={tiny_dataset}", "hydra.run.dir=prep", *TINY], cwd)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return cwd / "prep"
 
 
 @pytest.mark.slow  # about a minute: two train runs in subprocesses (plus prepare)

@@ -98,14 +98,6 @@ def _same(a: Path, b: Path) -> bool:
 
 # --- through the command line on a prepared tiny dataset -----------------------------------------
 
-@pytest.fixture(scope="module")
-def prepared(tiny_dataset, tmp_path_factory) -> Path:
-    cwd = tmp_path_factory.mktemp("prep")
-    proc = run_medseg(["prepare", f"data.root={tiny_dataset}", "hydra.run.dir=prep", *TINY], cwd)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return cwd / "prep"
-
-
 RESUME = [*TINY, "train.deterministic=true", "train.iters_per_epoch=30", "train.max_epochs=3", "train.val_every=1",
           "train.threads=2"]
 
