@@ -51,3 +51,46 @@ def test_remove_small_components_by_volume():
     np.testing.assert_array_equal(out[10:16, 10:16, 10:16], label[10:16, 10:16, 10:16])
     np.testing.assert_array_equal(remove_small_components(label, (2.0, 2.0, 2.0), 0.0), label)
     np.testing.assert_array_equal(remove_small_components(label, (1.0, 1.0, 1.0), 0.005), label)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_small_components_in_the_tumour_box_equal_labelling_the_whole_grid(ndim):
+    """Labelling only the foreground's bounding box removes exactly what labelling the whole grid
+    removes (scattered random components of 1-30 voxels, 26-/8-connectivity, one near each corner)."""
+    from scipy import ndimage
+
+    from medseg.inference.predictor import remove_small_components
+
+    rng = np.random.default_rng(ndim)
+    shape = (40, 36, 30)[:ndim]
+    for trial in range(4):
+        label = ((rng.random(shape) < 0.03) * rng.integers(1, 4, shape)).astype(np.uint8)
+        label = ndimage.maximum_filter(label, size=(2,) * ndim) if trial % 2 else label
+        if trial == 3:  # components confined to an interior box
+            label[:5] = 0
+            label[..., -4:] = 0
+        components, _ = ndimage.label(label > 0, structure=np.ones((3,) * ndim))
+        sizes = np.bincount(components.ravel()) * 2.0**ndim / 1000.0
+        small = sizes < 0.02
+        small[0] = False
+        expected = label.copy()
+        expected[small[components]] = 0
+        got = remove_small_components(label, (2.0,) * ndim, 0.02)
+        np.testing.assert_array_equal(got, expected)
+        assert got is not label
+    empty = np.zeros(shape, np.uint8)
+    np.testing.assert_array_equal(remove_small_components(empty, (1.0,) * ndim, 1.0), empty)
+
+
+def test_channel_argmax_equals_torch_argmax_ties_included():
+    from medseg.data.preprocess import channel_argmax
+
+    rng = np.random.default_rng(0)
+    for k in (1, 2, 4, 7):
+        probs = torch.from_numpy(rng.integers(0, 4, (k, 9, 8, 7)).astype(np.float32))  # many ties
+        expected = probs.argmax(dim=0).to(torch.uint8)
+        got = channel_argmax(probs)
+        assert got.dtype == torch.uint8
+        torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        soft = torch.softmax(torch.from_numpy(rng.normal(size=(k, 6, 5, 4)).astype(np.float32)), 0)
+        torch.testing.assert_close(channel_argmax(soft), soft.argmax(dim=0).to(torch.uint8), rtol=0, atol=0)

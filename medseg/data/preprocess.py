@@ -201,8 +201,29 @@ def restore(probs: torch.Tensor, geom: Geometry,
     """
     crop_shape = tuple(b - a for a, b in geom.crop)
     probs = _resample(probs.float(), crop_shape, "trilinear")
-    labels = decode(probs) if decode is not None else probs.argmax(dim=0).to(torch.uint8).numpy()
+    labels = decode(probs) if decode is not None else channel_argmax(probs).numpy()
     return to_source_grid(labels, geom)
+
+
+def channel_argmax(probs: torch.Tensor) -> torch.Tensor:
+    """``probs.argmax(dim=0)`` as uint8, ties to the lowest channel as torch's, for ``(K, ...)``
+    scores with K < 256 (a NaN never wins).
+
+    One elementwise pass per channel: torch's argmax over the leading, strided dimension of a
+    whole-case volume is many times slower (0.65 s for 4 x 144 x 124 x 134 on 2 cores here).
+
+    >>> channel_argmax(torch.tensor([[0.2, 0.5, 0.1], [0.7, 0.5, 0.1], [0.1, 0.0, 0.8]])).tolist()
+    [1, 0, 2]
+    """
+    if probs.shape[0] > 255:
+        return probs.argmax(dim=0).to(torch.uint8)
+    best = probs[0].clone()
+    out = torch.zeros(probs.shape[1:], dtype=torch.uint8)
+    for k in range(1, probs.shape[0]):
+        better = probs[k] > best
+        out.masked_fill_(better, k)
+        best = torch.where(better, probs[k], best)
+    return out
 
 
 def to_source_grid(values: np.ndarray, geom: Geometry) -> np.ndarray:

@@ -198,16 +198,34 @@ def remove_small_components(label: np.ndarray, spacing: Sequence[float], min_ml:
     """
     from scipy import ndimage
 
-    components, n = ndimage.label(label > 0, structure=np.ones((3,) * label.ndim))
-    if n == 0:
+    foreground = label > 0
+    box = foreground_box(foreground)
+    if box is None:
         return label
+    # labelled within the tumour's bounding box only: the same components, a fraction of the voxels
+    components, n = ndimage.label(foreground[box], structure=np.ones((3,) * label.ndim))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     sizes = np.bincount(components.ravel()) * voxel_ml
     small = sizes < min_ml
     small[0] = False
     out = label.copy()
-    out[small[components]] = 0
+    out[box][small[components]] = 0
     return out
+
+
+def foreground_box(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The bounding box of a boolean array's true voxels as slices (``None`` when there is none).
+
+    >>> foreground_box(np.array([[0, 0, 0], [0, 1, 1]], dtype=bool))
+    (slice(1, 2, None), slice(1, 3, None))
+    """
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
 
 
 def pick_device(name: str) -> torch.device:

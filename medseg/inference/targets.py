@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from medseg.data.labels import LabelSpec
+from medseg.data.preprocess import channel_argmax
 from medseg.errors import ConfigError
 
 TARGET_MODES = ("labels", "regions")
@@ -72,7 +73,7 @@ class Target:
     def decode(self, probs: torch.Tensor) -> np.ndarray:
         """``(K, ...)`` probabilities -> uint8 label map in internal codes."""
         if self.mode == "labels":
-            return probs.argmax(dim=0).to(torch.uint8).numpy()
+            return channel_argmax(probs).numpy()
         out = torch.zeros(probs.shape[1:], dtype=torch.uint8)
         for r, codes in enumerate(self.labels.regions.values()):
             out[probs[r] > 0.5] = min(codes)
