@@ -56,6 +56,16 @@ FULL_NETWORKS = {
 }
 #: full-size settings: name -> (precision, flip axes)
 FULL_SETTINGS = {"fp32": ("fp32", []), "fp32 + flips xyz": ("fp32", [0, 1, 2]), "bf16": ("bf16", [])}
+
+
+def full_settings() -> list[str]:
+    """The 1 mm settings measured here: bf16 only on CPUs with native bf16 (elsewhere it is emulated,
+    many times slower than fp32, and ``precision=auto`` does not choose it)."""
+    from medseg.inference.precision import cpu_has_native_bf16
+
+    return [s for s, (precision, _) in FULL_SETTINGS.items() if precision != "bf16" or cpu_has_native_bf16()]
+
+
 PHASES = ("read", "preprocess", "windows", "stitching", "restore", "postprocess", "writing")
 #: medseg inference settings: name -> (backend, precision, flip axes, stitching dtype)
 SETTINGS = {
@@ -74,12 +84,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _sub(args: list[str], python: str = sys.executable, timeout: int = 3600) -> dict:
+def _sub(args: list[str], python: str = sys.executable, timeout: int = 3600, partial: bool = False) -> dict:
+    """Run one arm in its own process; its last ``RESULT`` line. ``partial``: past ``timeout``, the
+    last ``RESULT`` line it printed so far (an arm that reports after each of its settings)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("BENCH_THREADS", "2")}
-    out = subprocess.run([python, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
-    line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-    if out.returncode != 0 or not line:
-        raise SystemExit(f"{' '.join(args[:3])} failed:\n{out.stderr[-3000:]}")
+    try:
+        out = subprocess.run([python, *args], cwd=REPO, capture_output=True, text=True, env=env, timeout=timeout)
+        stdout, stderr, ok = out.stdout, out.stderr, out.returncode == 0
+    except subprocess.TimeoutExpired as e:
+        if not partial:
+            raise
+        as_text = lambda b: b.decode(errors="replace") if isinstance(b, bytes) else (b or "")  # noqa: E731
+        stdout, stderr, ok = as_text(e.stdout), f"timed out after {timeout} s\n{as_text(e.stderr)}", True
+        print(f"{' '.join(args[:1])}: timed out after {timeout} s; keeping what it reported", file=sys.stderr)
+    line = [x for x in stdout.splitlines() if x.startswith("RESULT ")]
+    if not ok or not line:
+        raise SystemExit(f"{' '.join(args[:3])} failed:\n{stderr[-3000:]}")
     return json.loads(line[-1][7:])
 
 
@@ -257,11 +277,12 @@ def full_size(a: argparse.Namespace, work: Path) -> str:
     _sub([__file__, "--infer", "writebig", "--work", str(work), "--shape", shape])
     rows = []
     for network in FULL_NETWORKS:
-        for setting in FULL_SETTINGS:
+        for setting in full_settings():
             runs = [_sub([__file__, "--infer", "full", "--network", network, "--setting", setting, "--work",
                           str(work), "--threads", str(a.threads)]) for _ in range(a.full_repeats)]
             best = min(runs, key=lambda r: r["seconds_per_case"])  # least disturbed of the repeats
             rows.append(best)
+            print(f"{network}, {setting}: {best['seconds_per_case']:.1f} s", file=sys.stderr)
     peers = Path(a.peers) / "bin" / "python"
     nnunet = []
     if peers.exists():  # nnU-Net plans its 3d_fullres network on 1 mm cases; its test case is the big one
@@ -270,7 +291,7 @@ def full_size(a: argparse.Namespace, work: Path) -> str:
         shutil.copy(work / "big.nii.gz", data / test)
         nnunet = _sub([str(REPO / "bench" / "nnunet_arm.py"), "--data", str(data), "--work", str(work / "nnunet1mm"),
                        "--threads", str(a.threads), "--repeats", str(a.peer_repeats)], python=str(peers),
-                      timeout=14400)["results"]
+                      timeout=a.peer_timeout, partial=True)["results"]
     return _full_report(a, rows, nnunet, peers.exists())
 
 
@@ -290,6 +311,9 @@ def _full_report(a: argparse.Namespace, rows: list[dict], nnunet: list[dict], pe
                      + " | ".join("–" for _ in PHASES) + " |")
     if not peers:
         lines += ["", "nnU-Net v2 at 1 mm: not measured here (no peers venv; `make bench-peers` installs it)."]
+    if len(full_settings()) < len(FULL_SETTINGS):
+        lines += ["", "bf16 not measured: this CPU has no native bf16 (emulated bf16 is many times slower than "
+                      "fp32; `precision=auto` runs fp32 here)."]
     lines += ["", "Phases (s): windows = the network's calls; stitching = the rest of the sliding window (window "
               "extraction, Gaussian weighting, accumulation); restore = decoding and resampling back to the "
               "source grid; postprocess = small-component removal. nnU-Net's predictor is timed as a whole "
@@ -311,6 +335,8 @@ def main() -> None:
     p.add_argument("--target-dice", type=float, default=0.6, help="validation mean Dice for time-to-Dice")
     p.add_argument("--peers", default=str(REPO / ".venv-peers"), help="venv with nnunetv2 (make bench-peers)")
     p.add_argument("--peer-repeats", type=int, default=1, help="nnU-Net predictor runs per setting (slow on CPU)")
+    p.add_argument("--peer-timeout", type=int, default=14400,
+                   help="seconds for the 1 mm nnU-Net arm (past it: the settings it finished)")
     p.add_argument("--write-docs", action="store_true")
     p.add_argument("--full-size", action="store_true", help="also the 1 mm 240x240x155x4 section")
     p.add_argument("--only-full-size", action="store_true", help="only the 1 mm section (no training)")

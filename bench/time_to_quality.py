@@ -168,6 +168,8 @@ def main() -> None:
                 results[arm].append(r)
                 print(f"{arm} at {budget:.0f} s: test mean Dice {r['test_mean_dice']:.3f}, {r['iterations']} "
                       f"iterations ({r['stopped_by']})", file=sys.stderr)
+                if a.json:  # after every run, so a late failure keeps what was measured
+                    a.json.write_text(json.dumps({"results": results}, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     header = (f"{cpu_line(a.threads)}; {a.cases} built-in cases ({a.cases - 4} train+val, 4 test), "
