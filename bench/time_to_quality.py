@@ -50,11 +50,13 @@ ARMS = {
 }
 
 
-def run_arm(arm: str, data: Path, work: Path, budget: float, threads: int, max_epochs: int) -> dict:
-    """One arm at one budget, in its own process (``bench/train_vs_monai.py --arm``)."""
+def run_arm(arm: str, data: Path, work: Path, budget: float, threads: int, max_epochs: int,
+            seed: int | None = None) -> dict:
+    """One arm at one budget, in its own process (``bench/train_vs_monai.py --arm``); ``seed``: the
+    medseg arms' training seed (``None``: the config's)."""
     kind, overrides = ARMS[arm]
     if kind == "medseg":
-        overrides = [*overrides, f"train.max_epochs={max_epochs}"]
+        overrides = [*overrides, f"train.max_epochs={max_epochs}", *([f"seed={seed}"] if seed is not None else [])]
     args = [sys.executable, str(REPO / "bench" / "train_vs_monai.py"), "--arm", kind, "--data", str(data),
             "--work", str(work), "--budget", str(budget), "--threads", str(threads),
             *(f"--set={o}" for o in overrides)]
@@ -146,6 +148,8 @@ def main() -> None:
     p.add_argument("--thresholds", default="0.80,0.90", help="mean region Dice levels to report")
     p.add_argument("--png", type=Path, default=REPO / "docs" / "time_to_quality.png")
     p.add_argument("--json", type=Path, help="also write every result here")
+    p.add_argument("--seed", type=int, help="the medseg arms' training seed (default: the config's; the data "
+                   "and the MONAI arm do not change): a replicate of the same comparison")
     a = p.parse_args()
     budgets = [float(b) for b in a.budgets.split(",") if b]
     arms = [x.strip() for x in a.arms.split(",") if x.strip()]
@@ -163,7 +167,8 @@ def main() -> None:
         results: dict[str, list[dict]] = {arm: [] for arm in arms}
         for budget in budgets:
             for arm in arms:
-                r = run_arm(arm, data, work / f"{arm.replace(' ', '_')}_{budget:.0f}", budget, a.threads, a.max_epochs)
+                r = run_arm(arm, data, work / f"{arm.replace(' ', '_')}_{budget:.0f}", budget, a.threads, a.max_epochs,
+                            a.seed)
                 r["budget"] = budget
                 results[arm].append(r)
                 print(f"{arm} at {budget:.0f} s: test mean Dice {r['test_mean_dice']:.3f}, {r['iterations']} "
@@ -173,7 +178,8 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     header = (f"{cpu_line(a.threads)}; {a.cases} built-in cases ({a.cases - 4} train+val, 4 test), "
-              f"budgets {', '.join(f'{b:.0f}' for b in budgets)} s; medseg max_epochs {a.max_epochs}")
+              f"budgets {', '.join(f'{b:.0f}' for b in budgets)} s; medseg max_epochs {a.max_epochs}"
+              + (f", seed {a.seed}" if a.seed is not None else ""))
     print(table(results, thresholds, header))
     draw(results, a.png, header)
     print(f"\nwrote {a.png}")
