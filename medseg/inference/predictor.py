@@ -203,7 +203,7 @@ def remove_small_components(label: np.ndarray, spacing: Sequence[float], min_ml:
     if box is None:
         return label
     # labelled within the tumour's bounding box only: the same components, a fraction of the voxels
-    components, n = ndimage.label(foreground[box], structure=np.ones((3,) * label.ndim))
+    components, _ = ndimage.label(foreground[box], structure=np.ones((3,) * label.ndim))
     voxel_ml = float(np.prod(spacing)) / 1000.0
     sizes = np.bincount(components.ravel()) * voxel_ml
     small = sizes < min_ml
