@@ -41,3 +41,20 @@ def ras_shape(affine: np.ndarray, shape: Sequence[int]) -> list[int]:
     for axis, n in zip(_ras_axes(affine), shape):
         out[axis] = int(n)
     return out
+
+
+def foreground_box(mask: np.ndarray, margin: int = 0) -> tuple[slice, ...] | None:
+    """The bounding box of a boolean array's true voxels, widened by ``margin`` voxels on each side
+    (clipped at 0), as slices; ``None`` when no voxel is true.
+
+    >>> foreground_box(np.array([[0, 0, 0], [0, 1, 1]], dtype=bool))
+    (slice(1, 2, None), slice(1, 3, None))
+    """
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(max(int(hit[0]) - margin, 0), int(hit[-1]) + 1 + margin))
+    return tuple(box)
+

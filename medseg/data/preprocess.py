@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medseg.data.geometry import foreground_box
 from medseg.data.io.nifti import Reorientation, to_ras
 from medseg.errors import DataError
 
@@ -105,11 +106,6 @@ class Geometry:
                    tuple(tuple(c) for c in obj["crop"]), tuple(obj["shape"]), np.asarray(obj["affine"]))
 
 
-def _bbox(mask: np.ndarray) -> tuple[tuple[int, int], ...]:
-    idx = [np.flatnonzero(mask.any(axis=tuple(j for j in range(3) if j != i))) for i in range(3)]
-    return tuple((int(ix[0]), int(ix[-1]) + 1) for ix in idx)
-
-
 def _resample(x: torch.Tensor, shape: tuple[int, ...], mode: str) -> torch.Tensor:
     """Resample ``(C, X, Y, Z)`` to ``shape`` keeping the grid's physical extent."""
     if tuple(x.shape[1:]) == tuple(shape):
@@ -145,10 +141,11 @@ def preprocess(image: np.ndarray, affine: np.ndarray, spec: PreprocessSpec,
     ras_label = reo.apply(label) if label is not None else None
     nonzero = ras != 0
     any_nonzero = nonzero.any(axis=0)
-    if not any_nonzero.any():
+    box = foreground_box(any_nonzero)
+    if box is None:
         raise DataError(name, "image is empty (every voxel is zero)")
     ras_shape = tuple(int(s) for s in ras.shape[1:])
-    crop = _bbox(any_nonzero) if spec.crop_foreground else tuple((0, s) for s in ras_shape)
+    crop = tuple((b.start, b.stop) for b in box) if spec.crop_foreground else tuple((0, s) for s in ras_shape)
     sl = tuple(slice(a, b) for a, b in crop)
     ras, nonzero = ras[(slice(None), *sl)], nonzero[(slice(None), *sl)]
     cropped_shape = np.array(ras.shape[1:])

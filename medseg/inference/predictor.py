@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from medseg.config import InferenceConfig, choice
+from medseg.data.geometry import foreground_box
 from medseg.data.preprocess import PreprocessSpec, preprocess, restore
 from medseg.errors import DataError
 from medseg.inference.calibration import apply_temperature
@@ -211,21 +212,6 @@ def remove_small_components(label: np.ndarray, spacing: Sequence[float], min_ml:
     out = label.copy()
     out[box][small[components]] = 0
     return out
-
-
-def foreground_box(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """The bounding box of a boolean array's true voxels as slices (``None`` when there is none).
-
-    >>> foreground_box(np.array([[0, 0, 0], [0, 1, 1]], dtype=bool))
-    (slice(1, 2, None), slice(1, 3, None))
-    """
-    box = []
-    for axis in range(mask.ndim):
-        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
-        if hit.size == 0:
-            return None
-        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
-    return tuple(box)
 
 
 def pick_device(name: str) -> torch.device:

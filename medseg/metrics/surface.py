@@ -23,6 +23,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import ndimage
 
+from medseg.data.geometry import foreground_box
 from medseg.metrics.overlap import EmptyConvention
 
 
@@ -34,9 +35,7 @@ def _surface(mask: np.ndarray) -> np.ndarray:
 def directed_distances(a: np.ndarray, b: np.ndarray, spacing: Sequence[float]
                        ) -> tuple[np.ndarray, np.ndarray]:
     """Distances (mm) from the surface of ``a`` to that of ``b`` and back; both masks non-empty."""
-    both = a | b
-    idx = [np.flatnonzero(both.any(axis=tuple(j for j in range(a.ndim) if j != i))) for i in range(a.ndim)]
-    box = tuple(slice(max(ix[0] - 1, 0), ix[-1] + 2) for ix in idx)
+    box = foreground_box(a | b, margin=1)
     a, b = a[box], b[box]
     sa, sb = _surface(a), _surface(b)
     dt_b = ndimage.distance_transform_edt(~sb, sampling=spacing)
