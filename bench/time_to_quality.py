@@ -7,6 +7,8 @@ as in ``bench/train_vs_monai.py``) every arm trains once from scratch in its own
 
 - ``medseg budget``: ``train.max_time_s=B`` with ``train.budget_schedule=true`` (warm-up, cosine
   decay and validations follow the fraction of the budget used: annealed at B);
+- ``medseg wsd``: the budget schedule with ``train.decay_fraction=0.3`` (warmup-stable-decay: the
+  peak rate held to 70 % of B, then the cosine decay to 0 at B);
 - ``medseg epochs``: the same with ``train.budget_schedule=false`` (cosine sized for
   ``train.max_epochs``, cut off at B: the schedule before the budget-aware one);
 - ``monai``: ``bench/train_vs_monai.py``'s MONAI arm (the tutorial recipe, stopped at B).
@@ -19,9 +21,12 @@ budget at which each arm's test mean region Dice first reaches each ``--threshol
 time into the longest run at which its validation mean Dice first does; wall s is each run's
 preparation plus training (``medseg epochs`` finishes the epoch that crosses the budget). Drawn: ``--png`` (test mean
 Dice against budget; validation curves of the longest budget). Every figure states the CPU.
+With ``--seeds 0,1,...`` every medseg arm runs once per training seed (same data; the MONAI arm
+once): the table then gives per-seed figures and their mean, the curve the mean.
 
-    .venv/bin/python bench/time_to_quality.py [--budgets 60,180,600] [--cases 24] [--threads 2]
-        [--png docs/time_to_quality.png] [--json results.json]
+    .venv/bin/python bench/time_to_quality.py [--budgets 60,180,600] [--cases 32] [--test-cases 12]
+        [--threads 2] [--seeds 0,1] [--arms "medseg wsd,medseg epochs"] [--png docs/time_to_quality.png]
+        [--json results.json]
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from train_vs_monai import REGIONS  # noqa: E402
 
 ARMS = {
     "medseg budget": ("medseg", ["train.budget_schedule=true"]),
+    "medseg wsd": ("medseg", ["train.budget_schedule=true", "train.decay_fraction=0.3"]),
     "medseg epochs": ("medseg", ["train.budget_schedule=false"]),
     "monai": ("monai", []),
 }
@@ -78,9 +84,23 @@ def run_arm(arm: str, data: Path, work: Path, budget: float, threads: int, max_e
     return result
 
 
+def group(rows: list[dict]) -> dict[float, list[dict]]:
+    """An arm's runs by budget (one per seed), budgets ascending."""
+    out: dict[float, list[dict]] = {}
+    for r in sorted(rows, key=lambda r: r["budget"]):
+        out.setdefault(r["budget"], []).append(r)
+    return out
+
+
+def mean_of(runs: list[dict], key) -> float | None:
+    """Mean over seeds of ``key(run)`` (``None`` when a run has no value)."""
+    values = [key(r) for r in runs]
+    return None if any(v is None for v in values) else statistics.mean(values)
+
+
 def first_budget(rows: list[dict], threshold: float) -> float | None:
-    """The smallest budget whose test mean Dice reaches ``threshold``."""
-    return next((r["budget"] for r in sorted(rows, key=lambda r: r["budget"]) if r["test_mean_dice"] >= threshold),
+    """The smallest budget whose test mean Dice (mean over seeds) reaches ``threshold``."""
+    return next((b for b, runs in group(rows).items() if mean_of(runs, lambda r: r["test_mean_dice"]) >= threshold),
                 None)
 
 
@@ -89,42 +109,63 @@ def first_time(curve: list, threshold: float) -> float | None:
     return next((t for t, d in curve if d >= threshold), None)
 
 
+def _fmt(value: float | None, spread: list[float] | None = None) -> str:
+    if value is None:
+        return "-"
+    if spread and len(spread) > 1:
+        return f"{value:.3f} ({', '.join(f'{v:.3f}' for v in spread)})"
+    return f"{value:.3f}"
+
+
 def table(results: dict[str, list[dict]], thresholds: list[float], header: str) -> str:
-    """The printed (Markdown) tables."""
-    lines = [header, "", "| arm | budget (s) | iterations | stopped by | wall s | val mean Dice (end) | "
-             + " | ".join(f"test {r}" for r in REGIONS) + " | test mean |", "|---" * (7 + len(REGIONS)) + "|"]
+    """The printed (Markdown) tables: means over seeds, the per-seed test and validation means in
+    brackets when there are several."""
+    lines = [header, "", "| arm | budget (s) | seeds | iterations | stopped by | wall s | val mean Dice (end) | "
+             + " | ".join(f"test {r}" for r in REGIONS) + " | test mean |", "|---" * (8 + len(REGIONS)) + "|"]
     for arm, rows in results.items():
-        for r in sorted(rows, key=lambda r: r["budget"]):
-            val = f"{r['val_final']:.3f}" if r["val_final"] is not None else "-"
-            lines.append(f"| {arm} | {r['budget']:.0f} | {r['iterations']} | {r['stopped_by']} | {r['seconds']:.0f} | "
-                         f"{val} | "
-                         + " | ".join(f"{r['dice'][g]:.3f}" for g in REGIONS) + f" | {r['test_mean_dice']:.3f} |")
+        for budget, runs in group(rows).items():
+            seeds = ", ".join(str(r.get("seed", "-")) for r in runs)
+            vals = [r["val_final"] for r in runs] if all(r["val_final"] is not None for r in runs) else None
+            lines.append(f"| {arm} | {budget:.0f} | {seeds} | {mean_of(runs, lambda r: r['iterations']):.0f} | "
+                         f"{', '.join(sorted({r['stopped_by'] for r in runs}))} | "
+                         f"{mean_of(runs, lambda r: r['seconds']):.0f} | "
+                         f"{_fmt(mean_of(runs, lambda r: r['val_final']), vals)} | "
+                         + " | ".join(f"{mean_of(runs, lambda r, g=g: r['dice'][g]):.3f}" for g in REGIONS)
+                         + f" | {_fmt(mean_of(runs, lambda r: r['test_mean_dice']), [r['test_mean_dice'] for r in runs])} |")
     lines += ["", "| arm | " + " | ".join(f"budget to test mean Dice {t:.2f}" for t in thresholds)
-              + " | " + " | ".join(f"seconds to val mean Dice {t:.2f} (longest run)" for t in thresholds) + " |",
+              + " | " + " | ".join(f"seconds to val mean Dice {t:.2f} (longest runs)" for t in thresholds) + " |",
               "|---" * (1 + 2 * len(thresholds)) + "|"]
     for arm, rows in results.items():
-        longest = max(rows, key=lambda r: r["budget"])
+        longest = list(group(rows).values())[-1]
         budgets = [first_budget(rows, t) for t in thresholds]
-        times = [first_time(longest["val_curve"], t) for t in thresholds]
+        times = [[first_time(r["val_curve"], t) for r in longest] for t in thresholds]
         lines.append(f"| {arm} | " + " | ".join(f"{b:.0f} s" if b is not None else "not reached" for b in budgets)
-                     + " | " + " | ".join(f"{t:.0f} s" if t is not None else "not reached" for t in times) + " |")
+                     + " | " + " | ".join(", ".join(f"{x:.0f} s" if x is not None else "not reached" for x in ts)
+                                          for ts in times) + " |")
     return "\n".join(lines)
 
 
 def draw(results: dict[str, list[dict]], png: Path, title: str) -> None:
-    """Test mean Dice against budget, and the validation curves of the longest budget."""
+    """Test mean Dice against budget (mean over seeds, each seed a dot), and the validation curves
+    of the longest budget (one line per seed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for arm, rows in results.items():
-        rows = sorted(rows, key=lambda r: r["budget"])
-        ax1.plot([r["budget"] for r in rows], [r["test_mean_dice"] for r in rows], marker="o", label=arm)
-        curve = max(rows, key=lambda r: r["budget"])["val_curve"]
-        if curve:
-            ax2.plot([t for t, _ in curve], [d for _, d in curve], marker=".", label=arm)
+    for i, (arm, rows) in enumerate(results.items()):
+        colour = f"C{i}"
+        grouped = group(rows)
+        ax1.plot(list(grouped), [mean_of(runs, lambda r: r["test_mean_dice"]) for runs in grouped.values()],
+                 marker="o", color=colour, label=arm)
+        for budget, runs in grouped.items():
+            if len(runs) > 1:
+                ax1.scatter([budget] * len(runs), [r["test_mean_dice"] for r in runs], color=colour, s=10, alpha=0.5)
+        for k, run in enumerate(list(grouped.values())[-1]):
+            if run["val_curve"]:
+                ax2.plot([t for t, _ in run["val_curve"]], [d for _, d in run["val_curve"]], marker=".",
+                         color=colour, alpha=1.0 if k == 0 else 0.5, label=arm if k == 0 else None)
     ax1.set(xlabel="training budget (s)", ylabel="test mean region Dice", title="Dice at the end of each budget")
     ax2.set(xlabel="seconds into the longest run", ylabel="validation mean Dice", title="validation during training")
     for ax in (ax1, ax2):
@@ -141,15 +182,16 @@ def draw(results: dict[str, list[dict]], png: Path, title: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budgets", default="60,180,600", help="training seconds, comma-separated")
-    p.add_argument("--cases", type=int, default=24)
+    p.add_argument("--cases", type=int, default=32, help="built-in cases, the test cases included")
+    p.add_argument("--test-cases", type=int, default=12, help="held out for the test Dice")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-epochs", type=int, default=200, help="medseg arms' train.max_epochs (a cap)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of: {', '.join(ARMS)}")
     p.add_argument("--thresholds", default="0.80,0.90", help="mean region Dice levels to report")
     p.add_argument("--png", type=Path, default=REPO / "docs" / "time_to_quality.png")
     p.add_argument("--json", type=Path, help="also write every result here")
-    p.add_argument("--seed", type=int, help="the medseg arms' training seed (default: the config's; the data "
-                   "and the MONAI arm do not change): a replicate of the same comparison")
+    p.add_argument("--seeds", "--seed", default="", help="the medseg arms' training seeds, comma-separated "
+                   "(default: the config's; the data and the MONAI arm do not change): replicates of the comparison")
     a = p.parse_args()
     budgets = [float(b) for b in a.budgets.split(",") if b]
     arms = [x.strip() for x in a.arms.split(",") if x.strip()]
@@ -157,29 +199,34 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"time_to_quality: unknown arm(s) {unknown}; valid: {', '.join(ARMS)}")
     thresholds = [float(t) for t in a.thresholds.split(",")]
-    if "monai" in arms and a.cases < 8:  # 4 test cases, 3 validation cases, at least one to train on
-        raise SystemExit(f"time_to_quality: --cases {a.cases}: the MONAI arm needs at least 8")
+    seeds: list[int | None] = [int(x) for x in a.seeds.split(",") if x.strip()] or [None]
+    if a.cases - a.test_cases < 4:  # 3 validation cases, at least one to train on
+        raise SystemExit(f"time_to_quality: --cases {a.cases} --test-cases {a.test_cases}: needs at least 4 "
+                         "cases besides the test cases")
     from medseg.data.synthetic import SynthConfig, write_msd_dataset
 
     work = Path(tempfile.mkdtemp(prefix="medseg-bench-ttq-"))
     try:
-        data = write_msd_dataset(work / "data", SynthConfig(n=a.cases, n_test=4, spacing=1.5, seed=1))
+        data = write_msd_dataset(work / "data", SynthConfig(n=a.cases, n_test=a.test_cases, spacing=1.5, seed=1))
         results: dict[str, list[dict]] = {arm: [] for arm in arms}
         for budget in budgets:
-            for arm in arms:
-                r = run_arm(arm, data, work / f"{arm.replace(' ', '_')}_{budget:.0f}", budget, a.threads, a.max_epochs,
-                            a.seed)
-                r["budget"] = budget
-                results[arm].append(r)
-                print(f"{arm} at {budget:.0f} s: test mean Dice {r['test_mean_dice']:.3f}, {r['iterations']} "
-                      f"iterations ({r['stopped_by']})", file=sys.stderr)
-                if a.json:  # after every run, so a late failure keeps what was measured
-                    a.json.write_text(json.dumps({"results": results}, indent=1))
+            for seed in seeds:
+                for arm in arms:
+                    if ARMS[arm][0] != "medseg" and seed != seeds[0]:
+                        continue  # the MONAI arm has no seed option: once per budget
+                    r = run_arm(arm, data, work / f"{arm.replace(' ', '_')}_{budget:.0f}_{seed}", budget, a.threads,
+                                a.max_epochs, seed if ARMS[arm][0] == "medseg" else None)
+                    r["budget"], r["seed"] = budget, seed
+                    results[arm].append(r)
+                    print(f"{arm} at {budget:.0f} s, seed {seed}: test mean Dice {r['test_mean_dice']:.3f}, "
+                          f"{r['iterations']} iterations ({r['stopped_by']})", file=sys.stderr)
+                    if a.json:  # after every run, so a late failure keeps what was measured
+                        a.json.write_text(json.dumps({"results": results}, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    header = (f"{cpu_line(a.threads)}; {a.cases} built-in cases ({a.cases - 4} train+val, 4 test), "
-              f"budgets {', '.join(f'{b:.0f}' for b in budgets)} s; medseg max_epochs {a.max_epochs}"
-              + (f", seed {a.seed}" if a.seed is not None else ""))
+    header = (f"{cpu_line(a.threads)}; {a.cases} built-in cases ({a.cases - a.test_cases} train+val, "
+              f"{a.test_cases} test), budgets {', '.join(f'{b:.0f}' for b in budgets)} s; medseg max_epochs "
+              f"{a.max_epochs}" + (f", seeds {', '.join(map(str, seeds))}" if seeds != [None] else ""))
     print(table(results, thresholds, header))
     draw(results, a.png, header)
     print(f"\nwrote {a.png}")

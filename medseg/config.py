@@ -323,6 +323,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     schedule: Schedule = Schedule.cosine
     warmup_iters: int = 50
+    decay_fraction: float = 1.0  # share of the run over which the LR decays (1: all after warm-up; 0.3: peak held to 70 %)
     grad_clip: float = 12.0
     precision: Precision = Precision.auto  # auto: bf16 on GPUs and CPUs with native bf16, else fp32
     compile: bool = False  # torch.compile the network for training
@@ -347,6 +348,8 @@ class TrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError(f"train.decay_fraction={self.decay_fraction} must be in (0, 1]")
         if self.resume not in ("auto", "never") and not Path(self.resume).expanduser().exists():
             raise ValueError(f"train.resume={self.resume!r} must be auto, never or the path of a train folder "
                              "or a training state (not found)")

@@ -91,6 +91,36 @@ def test_fast_machine_matches_the_iteration_schedule():
     assert lrs == pytest.approx([lr_factor(i, 48, 4, "cosine") for i in range(48)], abs=1e-12)
 
 
+@pytest.mark.parametrize("dt", [1e-4, 1.0])
+def test_decay_fraction_holds_the_peak_then_anneals_at_the_end(dt):
+    """``train.decay_fraction=0.25`` (warmup-stable-decay): after warm-up the rate stays at its peak
+    until 75 % of the run (iterations on a fast machine, the budget on a slow one), then decays to
+    the floor at the end; far under budget it is the iteration schedule with the same fraction."""
+    cfg = replace(BUDGET_CFG, decay_fraction=0.25)
+    sched, lrs, _ = _simulate(cfg, dt)
+    assert sched.finished and sched.get_last_lr() == [0.0]
+    n = len(lrs)
+    assert lrs[cfg.warmup_iters:int(0.7 * n)] == pytest.approx([1.0] * (int(0.7 * n) - cfg.warmup_iters))
+    tail = lrs[int(0.8 * n):]
+    assert 0.0 < tail[-1] < tail[0] < 1.0 and all(a >= b for a, b in zip(tail, tail[1:]))
+    if dt < 0.01:
+        assert lrs == pytest.approx([lr_factor(i, 48, 4, "cosine", 0.25) for i in range(48)], abs=1e-12)
+        opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+        plain = build_scheduler(opt, replace(cfg, max_time_s=None))
+        iteration_lrs = []
+        for _ in range(48):
+            iteration_lrs.append(plain.get_last_lr()[0])
+            opt.step()
+            plain.step()
+        assert iteration_lrs == pytest.approx(lrs, abs=1e-12)
+
+
+@pytest.mark.parametrize("bad", [0.0, -0.5, 1.5])
+def test_decay_fraction_outside_its_range_is_refused(bad):
+    with pytest.raises(ValueError, match="decay_fraction"):
+        replace(BUDGET_CFG, decay_fraction=bad)
+
+
 def test_planned_iterations_and_eta_from_the_measured_step_time():
     sched, _, _ = _simulate(replace(BUDGET_CFG, max_epochs=100), 1.0)  # 1 s/step + 2 clock reads per epoch
     assert sched.seconds_per_iteration == pytest.approx(1.25, rel=0.05)
