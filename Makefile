@@ -51,10 +51,14 @@ bench-compare: $(STAMP)
 gpu-check: $(STAMP)
 	bash bench/gpu_check.sh
 
-# Dice per minute: medseg with / without the budget-aware schedule and the MONAI tutorial recipe at
-# 60, 180 and 600 s of training (about 45 min on 2 cores); draws docs/time_to_quality.png.
+# Dice per minute: medseg with the budget-aware schedule (cosine, and warmup-stable-decay), with the
+# schedule sized for max_epochs, and the MONAI tutorial recipe at 60, 180 and 600 s of training, 12
+# held-out test cases (about 65 min on 2 cores; add SEEDS=0,1 for replicates of the medseg arms);
+# draws docs/time_to_quality.png.
+SEEDS ?=
 bench-ttq: $(STAMP)
-	$(BIN)/python bench/time_to_quality.py --budgets 60,180,600 --cases 24 --threads 2
+	$(BIN)/python bench/time_to_quality.py --budgets 60,180,600 --cases 32 --test-cases 12 --threads 2 \
+	  $(if $(SEEDS),--seeds $(SEEDS))
 
 # Builds the CPU image and runs the batch job offline on built-in cases (needs a Docker engine or
 # Debian's docker.io; see docker/test.sh). Not part of `make test`.

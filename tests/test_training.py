@@ -216,3 +216,35 @@ def test_torch_compile_trains(tmp_path):
     cases = [_separable_case(s) for s in range(3)]
     result = fit(cfg, MODEL_CFG, cases[:2], cases[2:], Target("labels", LabelSpec()), 3, tmp_path)
     assert result.iterations == 32
+
+
+class _BrightVoxelsAreEdema(torch.nn.Module):
+    """A fixed 'network': label 1 (edema) wherever channel 0 is bright, background elsewhere."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        fg = (x[:, :1] > 0.5).float() * 20.0 - 10.0
+        return torch.cat([-fg, fg, torch.full_like(fg, -10.0), torch.full_like(fg, -10.0)], dim=1)
+
+
+def test_validation_scores_after_the_exported_post_processing():
+    """A 2x2x2 speck of false positives on a tumour-free validation case costs its three region
+    Dice values 1 -> 0 without post-processing; with the export's small-component removal (at the
+    plan's spacing: 8 voxels of 8 mm^3 = 0.064 ml < 0.5 ml) the speck goes, and the tumour-bearing
+    case, whose 12^3 tumour (13.8 ml) is kept, scores the same both ways."""
+    from medseg.engine.validation import validate
+
+    empty_image = np.zeros((1, 24, 24, 24), np.float32)
+    empty_image[0, 4:6, 4:6, 4:6] = 1.0
+    tumour_label = np.zeros((24, 24, 24), np.uint8)
+    tumour_label[6:18, 6:18, 6:18] = 1
+    cases = [CachedCase("empty", empty_image, np.zeros((24, 24, 24), np.uint8), {}),
+             CachedCase("tumour", tumour_label[None].astype(np.float32), tumour_label,
+                        {1: np.flatnonzero(tumour_label.ravel() == 1)})]
+    args = (_BrightVoxelsAreEdema(), cases, Target("labels", LabelSpec()), [16, 16, 16], 0.25, torch.device("cpu"))
+    raw = validate(*args)
+    cleaned = validate(*args, spacing=[2.0, 2.0, 2.0], min_component_ml=0.5)
+    # whole tumour: (0 + 1) / 2 raw, (1 + 1) / 2 cleaned; core and enhancing: both cases empty and predicted empty
+    assert raw["whole_tumour"] == pytest.approx(0.5) and cleaned["whole_tumour"] == pytest.approx(1.0)
+    assert raw["tumour_core"] == cleaned["tumour_core"] == pytest.approx(1.0)
+    # a threshold above the tumour's volume removes it too: validation follows the setting exactly
+    assert validate(*args, spacing=[2.0, 2.0, 2.0], min_component_ml=20.0)["whole_tumour"] == pytest.approx(0.5)

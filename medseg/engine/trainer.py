@@ -77,6 +77,8 @@ class FitRun:
     writer: BackgroundWriter
     start: float
     first_epoch: int = 0  # the first epoch of this call (> 0 after a resume)
+    spacing: Sequence[float] | None = None  # the preprocessed grid's spacing (the plan's target spacing)
+    min_component_ml: float = 0.0  # validation removes smaller tumour components, as the exported model does
 
     @property
     def best_path(self) -> Path:
@@ -91,7 +93,8 @@ class FitRun:
 
 def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_cases: Sequence[CachedCase],
         val_cases: Sequence[CachedCase], target: Target, in_channels: int, out_dir: Path,
-        plan: Mapping[str, Any] | None = None, clock: Callable[[], float] = time.monotonic) -> FitResult:
+        plan: Mapping[str, Any] | None = None, clock: Callable[[], float] = time.monotonic,
+        min_component_ml: float = 0.0) -> FitResult:
     """Train a ReLU U-Net (see the module docstring).
 
     Args:
@@ -104,6 +107,8 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_cases: Sequence[CachedCa
         out_dir: where checkpoints, states and logs go.
         plan: the prepare plan, recorded in every checkpoint.
         clock: seconds (monotonic) a time budget is measured with (a fake one in tests).
+        min_component_ml: validation removes tumour components smaller than this (ml, on the plan's
+            target spacing), like the exported model's post-processing; 0 keeps them all.
 
     Returns:
         A :class:`FitResult`.
@@ -116,7 +121,8 @@ def fit(cfg: TrainConfig, model_cfg: ModelConfig, train_cases: Sequence[CachedCa
     budget = session.budget
     logger = TrainingLog(out_dir, cfg, budget.planned if budget else session.total_iterations, state.epoch,
                          state.iteration, enabled=session.rank == 0)
-    run = FitRun(val_cases, target, meta, out_dir, logger, BackgroundWriter(), time.monotonic(), state.epoch)
+    run = FitRun(val_cases, target, meta, out_dir, logger, BackgroundWriter(), time.monotonic(), state.epoch,
+                 (plan or {}).get("target_spacing"), min_component_ml)
     if budget is not None:
         budget.start()
     stopped_by, epoch = "max_epochs", state.epoch
@@ -246,8 +252,8 @@ def _replan(budget: BudgetSchedule, run: FitRun, epoch: int, rank: int) -> dict[
 
 def _validation(s: TrainSession, run: FitRun) -> dict[str, Any]:
     """Validation Dice per region (computed on rank 0, shared with every process) and its mean."""
-    val = validate(s.model, run.val_cases, run.target, s.patch, s.cfg.val_overlap, s.device, s.dtype) \
-        if s.rank == 0 else None
+    val = validate(s.model, run.val_cases, run.target, s.patch, s.cfg.val_overlap, s.device, s.dtype,
+                   run.spacing, run.min_component_ml) if s.rank == 0 else None
     val = broadcast(val, s.world)
     return {"val_dice": val, "val_mean_dice": float(np.mean(list(val.values())))}
 

@@ -45,7 +45,8 @@ def train(cfg: Any, prepared: PreparedDataset, out_dir: Path) -> TrainResult:
     """Train on ``prepared`` into ``out_dir``.
 
     Args:
-        cfg: the full config (``train``, ``model`` and ``data.split_seed`` are read).
+        cfg: the full config (``train``, ``model``, ``data.split_seed`` and
+            ``evaluate.inference.min_component_ml``, which validation applies, are read).
         prepared: the prepare output.
         out_dir: the train folder (checkpoints, states, logs).
 
@@ -69,8 +70,10 @@ def train(cfg: Any, prepared: PreparedDataset, out_dir: Path) -> TrainResult:
              len(train_cases), len(val_cases),
              f" (fold {train_cfg.fold} of {train_cfg.folds})" if train_cfg.fold is not None else "",
              list(train_cfg.patch_size), train_cfg.batch_size, target.mode, choice(train_cfg.loss))
+    # validation scores what evaluate and predict will: after the same small-component removal
+    min_ml = float(cfg.evaluate.inference.min_component_ml or 0.0)
     result = fit(train_cfg, model_cfg, train_cases, val_cases, target, len(prepared.channels), out_dir,
-                 plan=prepared.plan)
+                 plan=prepared.plan, min_component_ml=min_ml)
     return TrainResult(result.best_checkpoint, result.last_checkpoint, _summary(result, train_cfg.fold), result)
 
 
