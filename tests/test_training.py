@@ -157,6 +157,24 @@ def test_extend_finished_run_and_fall_back_from_a_corrupt_state(prepared, tmp_pa
     assert "was written for another model or optimiser configuration" in proc.stderr
 
 
+def test_train_stage_validates_after_the_evaluate_post_processing(prepared, tmp_path):
+    """``evaluate.inference.min_component_ml`` reaches validation through the train stage: with a
+    threshold no tumour reaches, every prediction is emptied, so each validation case scores 1 on
+    a region its reference lacks and 0 on one it has, whatever the (untrained, lr 0) network says."""
+    from medseg.data.prepared import PreparedDataset
+
+    proc = _train(prepared, tmp_path, "v", "train.max_epochs=1", "train.iters_per_epoch=2", "train.lr=0",
+                  "evaluate.inference.min_component_ml=1e9")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dataset = PreparedDataset.read(prepared)
+    refs = [np.load(e["label"]) for e in dataset.datalist["validation"]]
+    assert refs
+    expected = {region: float(np.mean([not np.isin(ref, codes).any() for ref in refs]))
+                for region, codes in dataset.labels.regions.items()}
+    record = json.loads((tmp_path / "v" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert record["val_dice"] == pytest.approx(expected)
+
+
 def test_cross_validation_folds_partition_the_training_cases(prepared, tmp_path):
     seen = []
     for fold in (0, 1):
