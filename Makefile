@@ -10,7 +10,7 @@ BIN         := $(VENV)/bin
 STAMP       := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-slow venv clean bench bench-compare bench-peers docker-test chromium validators ci-tools viewer \
+.PHONY: demo test test-slow venv judges clean bench bench-compare bench-peers docker-test chromium validators ci-tools viewer \
 	gpu-check bench-ttq
 
 venv: $(STAMP)
@@ -21,13 +21,30 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[test]'
 	touch $(STAMP)
 
+# The outside judges that run in their own processes (MONAI's bundle runner, the Optuna sweeper;
+# tests/judges.txt) go into .venv-judges, a venv layered on .venv: a .pth file adds .venv's
+# site-packages (medseg included), so pip installs only what .venv lacks. In .venv they would cost
+# every medseg process ~3 s of start-up (`import monai` imports pytorch-ignite and optuna if present).
+JUDGES       := .venv-judges
+JUDGES_STAMP := $(JUDGES)/.installed
+PURELIB      := -c 'import sysconfig; print(sysconfig.get_path("purelib"))'
+
+$(JUDGES_STAMP): $(STAMP) tests/judges.txt
+	test -x $(JUDGES)/bin/python || $(PYTHON) -m venv $(JUDGES)
+	echo "import site; site.addsitedir('$$(realpath $$($(BIN)/python $(PURELIB)))')" \
+	  > "$$($(JUDGES)/bin/python $(PURELIB))/medseg_venv.pth"
+	$(JUDGES)/bin/python -m pip install --quiet -c $(CONSTRAINTS) -r tests/judges.txt
+	touch $(JUDGES_STAMP)
+
+judges: $(JUDGES_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/medseg run experiment=demo
 
-test: $(STAMP)
+test: $(STAMP) $(JUDGES_STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) $(JUDGES_STAMP)
 	$(BIN)/python -m pytest -m slow $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -83,14 +83,14 @@ def run_hydra(stage: str, args: list[str], task: Callable[[Any], Any] | None = N
     from hydra.core.global_hydra import GlobalHydra
 
     from medseg.config import register_configs
-    from medseg.stages import STAGES as STAGE_FUNCTIONS, run_stage
+    from medseg.stages import run_stage, stage_function
 
     overrides, multirun, show = _parse_flags(stage, args)
     register_configs()
     GlobalHydra.instance().clear()
     hydra = Hydra.create_main_hydra2(task_name=stage,
                                      config_search_path=create_config_search_path(f"pkg://{CONFIG_MODULE}"))
-    fn = task or (lambda cfg: objective(cfg, run_stage(STAGE_FUNCTIONS[stage], cfg), stage))
+    fn = task or (lambda cfg: objective(cfg, run_stage(stage_function(stage), cfg), stage))
     try:
         if show:
             hydra.show_cfg(config_name="config", overrides=overrides, cfg_type=show, package=None)

@@ -13,6 +13,9 @@ from medseg.data.synthetic import SynthConfig, write_msd_dataset
 
 REPO = Path(__file__).resolve().parent.parent
 MEDSEG = [sys.executable, "-m", "medseg"]
+#: The venv of the outside judges that run in their own processes (MONAI's bundle runner, the Optuna
+#: sweeper): `make judges`, tests/judges.txt. Layered on the project venv, so medseg runs there too.
+JUDGES_PYTHON = REPO / ".venv-judges" / "bin" / "python"
 
 #: Overrides that make any stage tiny: 4 mm voxels, 32^3 patches, a 3-level U-Net, few iterations.
 TINY = [
@@ -40,10 +43,20 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_msd_dataset(tmp_path_factory.mktemp("tiny") / "Task01_Tiny", TINY_SYNTH)
 
 
-def run_medseg(args: list[str], cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run the ``medseg`` command in a subprocess."""
+def run_medseg(args: list[str], cwd: Path, timeout: int = 600, python: str | Path = sys.executable,
+               ) -> subprocess.CompletedProcess:
+    """Run the ``medseg`` command in a subprocess (of ``python``)."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run([*MEDSEG, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([str(python), "-m", "medseg", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def judges_python() -> Path:
+    """The outside judges' interpreter (``make test`` installs it; skipped where it is missing)."""
+    if not JUDGES_PYTHON.exists():
+        pytest.skip(f"{JUDGES_PYTHON.parent.parent.name} is missing: make judges")
+    return JUDGES_PYTHON
 
 
 @pytest.fixture(scope="session")

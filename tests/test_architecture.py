@@ -75,3 +75,24 @@ def test_the_runtime_imports_neither_hydra_nor_monai_at_module_level():
         tree = ast.parse((PACKAGE / "inference" / name).read_text(encoding="utf-8"))
         top = [m for node in tree.body for m in _imports(ast.Module(body=[node], type_ignores=[]))]
         assert not [m for m in top if m.split(".")[0] in ("hydra", "omegaconf", "monai")], name
+
+
+#: module -> heavy packages its import must not load (start-up of every medseg process; ~100 in the suite)
+LIGHT = {
+    "medseg.cli": ("torch", "monai", "matplotlib"),  # `medseg <stage> --cfg job`, usage, typos
+    "medseg.stages": ("torch", "monai", "matplotlib"),  # a stage's module is imported when it runs
+    "medseg.stages.prepare": ("monai", "matplotlib"),  # preparing data needs no network
+    "medseg.stages.predict": ("monai", "matplotlib"),  # the artifact runs MONAI-free
+    "medseg.stages.train": ("ignite", "optuna"),  # MONAI imports these whenever they are installed
+}
+
+
+@pytest.mark.parametrize("module", sorted(LIGHT))
+def test_start_up_imports_only_what_the_command_needs(module):
+    import subprocess
+    import sys
+
+    code = f"import sys, {module}; print(' '.join(m for m in {LIGHT[module]!r} if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "", f"importing {module} loads {proc.stdout.strip()}"

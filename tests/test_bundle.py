@@ -103,26 +103,22 @@ def agreement(names: list[str], inputs: Path, bundle_out: Path, reference: Path)
     return found
 
 
-def test_bundle_runs_under_monai_runner_like_medseg_predict_on_a_psr_case(artifact, tiny_dataset, tmp_path):
-    pytest.importorskip("ignite")
-    pytest.importorskip("fire")
+def test_bundle_runs_under_monai_runner_like_medseg_predict_on_a_psr_case(artifact, tiny_dataset, tmp_path, judges_python):
     inputs = tmp_path / "images"
     names = write_cases(sorted((tiny_dataset / "imagesTs").glob("*.nii.gz"))[:1], inputs, ("PSR",))
-    proc = run_bundle(sys.executable, artifact / "medseg_bundle", inputs, tmp_path / "bundle")
+    proc = run_bundle(judges_python, artifact / "medseg_bundle", inputs, tmp_path / "bundle")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     medseg_predict(artifact, inputs, tmp_path / "medseg")
     found = agreement(names, inputs, tmp_path / "bundle", tmp_path / "medseg")
     assert min(found.values()) >= MIN_AGREEMENT, found
 
 
-def test_bundle_refuses_a_wrong_image_naming_the_file(artifact, tiny_dataset, tmp_path):
-    pytest.importorskip("ignite")
-    pytest.importorskip("fire")
+def test_bundle_refuses_a_wrong_image_naming_the_file(artifact, tiny_dataset, tmp_path, judges_python):
     inputs = tmp_path / "images"
     inputs.mkdir()
     img = nib.load(sorted((tiny_dataset / "imagesTs").glob("*.nii.gz"))[0])
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[..., :3], img.affine), inputs / "three_channels.nii.gz")
-    proc = run_bundle(sys.executable, artifact / "medseg_bundle", inputs, tmp_path / "out")
+    proc = run_bundle(judges_python, artifact / "medseg_bundle", inputs, tmp_path / "out")
     assert proc.returncode != 0
     assert "three_channels.nii.gz: expected 4 channels (FLAIR, T1w, t1gd, T2w)" in proc.stdout + proc.stderr
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").glob("*.nii*"))  # nothing partial

@@ -12,8 +12,6 @@ import yaml
 from conftest import TINY, run_medseg
 from medseg.cli import objective
 
-pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install 'medseg[optuna]'")
-
 #: TINY without its patch size: a command-line value would fix a searched parameter
 SMALL = [*(o for o in TINY if not o.startswith("train.patch_size=")), "train.max_epochs=1", "train.iters_per_epoch=2", "train.warmup_iters=1", "train.progress=false",
          "train.tensorboard=false", "train.threads=1"]
@@ -23,9 +21,9 @@ SEARCH = ["hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2"
 
 
 @pytest.mark.slow  # about a minute: two train runs in subprocesses (plus prepare)
-def test_optuna_search_runs_two_trials(prepared, tmp_path):
+def test_optuna_search_runs_two_trials(prepared, tmp_path, judges_python):
     proc = run_medseg(["train", "-m", "hparams_search=dice_optuna", f"paths.prepared={prepared}",
-                       "hydra.sweep.dir=sweep", *SMALL, *SEARCH], tmp_path)
+                       "hydra.sweep.dir=sweep", *SMALL, *SEARCH], tmp_path, python=judges_python)
     assert proc.returncode == 0, proc.stderr[-3000:]
     sweep = tmp_path / "sweep"
     summaries = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/summary.json"))]

@@ -22,7 +22,7 @@ import numpy as np
 from medseg.config import DataConfig, ModelConfig, TrainConfig
 from medseg.data.labels import LabelSpec
 from medseg.models.memory import training_step_gb
-from medseg.models.unet import size_divisor
+from medseg.models.memory import size_divisor
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from medseg.errors import ConfigError
-from medseg.models.unet import size_divisor
+from medseg.models.memory import size_divisor
 
 #: Keys of a case kept in ``datalist.json``.
 ENTRY_KEYS = ("name", "image", "label", "source_images", "source_label", "geometry")

@@ -118,3 +118,11 @@ def inference_window_bytes(patch: Sequence[int], model: Any | None, in_channels:
     if len(window) == 2:
         window.append(1)
     return int(network_bytes(window, model, in_channels, out_channels, batch_size, INFERENCE))
+
+
+def size_divisor(strides: Sequence[int]) -> int:
+    """Input sizes must be multiples of the product of the strides."""
+    out = 1
+    for s in strides:
+        out *= int(s)
+    return out

@@ -174,14 +174,6 @@ def activation_types(model: nn.Module) -> set[type[nn.Module]]:
     return {type(m) for m in model.modules() if isinstance(m, _ACTIVATION_BASES)}
 
 
-def size_divisor(strides: Sequence[int]) -> int:
-    """Input sizes must be multiples of the product of the strides."""
-    out = 1
-    for s in strides:
-        out *= int(s)
-    return out
-
-
 def check_relu_only(model: nn.Module) -> None:
     """Raise ``ConfigError`` if ``model`` holds any activation other than ReLU."""
     others = {t.__name__ for t in activation_types(model)} - {"ReLU"}

@@ -1,22 +1,34 @@
 """Pipeline stages. Each is ``<name>_stage(cfg, out_dir) -> summary dict``; :func:`run_stage`
-runs one inside Hydra's output folder with medseg's error handling."""
+runs one inside Hydra's output folder with medseg's error handling.
+
+A stage's module is imported when the stage is looked up (:func:`stage_function`), so that
+``medseg prepare`` does not import the network, report and export code of the other stages, and
+``medseg <stage> --cfg job`` imports none of them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
 
 from medseg.stages.common import run_stage
-from medseg.stages.evaluate import evaluate_stage
-from medseg.stages.export import export_stage
-from medseg.stages.predict import predict_stage
-from medseg.stages.prepare import prepare_stage
-from medseg.stages.run import run_stage_all
-from medseg.stages.train import train_stage
 
-STAGES = {
-    "prepare": prepare_stage,
-    "train": train_stage,
-    "evaluate": evaluate_stage,
-    "export": export_stage,
-    "predict": predict_stage,
-    "run": run_stage_all,
+#: stage name -> (module under medseg.stages, function)
+STAGES: dict[str, tuple[str, str]] = {
+    "prepare": ("prepare", "prepare_stage"),
+    "train": ("train", "train_stage"),
+    "evaluate": ("evaluate", "evaluate_stage"),
+    "export": ("export", "export_stage"),
+    "predict": ("predict", "predict_stage"),
+    "run": ("run", "run_stage_all"),
 }
 
-__all__ = ["STAGES", "run_stage", "prepare_stage", "train_stage", "evaluate_stage", "export_stage",
-           "predict_stage", "run_stage_all"]
+
+def stage_function(name: str) -> Callable[..., dict[str, Any]]:
+    """The function of stage ``name`` (its module imported now)."""
+    module, function = STAGES[name]
+    return getattr(importlib.import_module(f"medseg.stages.{module}"), function)
+
+
+__all__ = ["STAGES", "run_stage", "stage_function"]
