@@ -27,6 +27,10 @@ once): the table then gives per-seed figures and their mean, the curve the mean.
     .venv/bin/python bench/time_to_quality.py [--budgets 60,180,600] [--cases 32] [--test-cases 12]
         [--threads 2] [--seeds 0,1] [--arms "medseg wsd,medseg epochs"] [--png docs/time_to_quality.png]
         [--json results.json]
+    .venv/bin/python bench/time_to_quality.py --from-json a.json,b.json   # one table of earlier runs
+
+``--from-json`` measures nothing: it merges the ``--json`` files of earlier runs of this script on
+this machine (e.g. more seeds, added later) into one table and curve.
 """
 
 from __future__ import annotations
@@ -87,7 +91,7 @@ def run_arm(arm: str, data: Path, work: Path, budget: float, threads: int, max_e
 def group(rows: list[dict]) -> dict[float, list[dict]]:
     """An arm's runs by budget (one per seed), budgets ascending."""
     out: dict[float, list[dict]] = {}
-    for r in sorted(rows, key=lambda r: r["budget"]):
+    for r in sorted(rows, key=lambda r: (r["budget"], -1 if r.get("seed") is None else r["seed"])):
         out.setdefault(r["budget"], []).append(r)
     return out
 
@@ -192,14 +196,49 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write every result here")
     p.add_argument("--seeds", "--seed", default="", help="the medseg arms' training seeds, comma-separated "
                    "(default: the config's; the data and the MONAI arm do not change): replicates of the comparison")
+    p.add_argument("--from-json", default="", help="comma-separated --json files of earlier runs on this machine: "
+                   "merge them into one table and curve, measuring nothing")
     a = p.parse_args()
-    budgets = [float(b) for b in a.budgets.split(",") if b]
+    thresholds = [float(t) for t in a.thresholds.split(",")]
+    if a.from_json:
+        results = merged([Path(x) for x in a.from_json.split(",") if x])
+        runs = [r for rows in results.values() for r in rows]
+        budgets = sorted({r["budget"] for r in runs})
+        seeds = sorted({r["seed"] for r in runs if r.get("seed") is not None}) or [None]
+    else:
+        budgets = [float(b) for b in a.budgets.split(",") if b]
+        seeds = [int(x) for x in a.seeds.split(",") if x.strip()] or [None]
+        results = measure(a, budgets, seeds)
+    header = (f"{cpu_line(a.threads)}; {a.cases} built-in cases ({a.cases - a.test_cases} train+val, "
+              f"{a.test_cases} test), budgets {', '.join(f'{b:.0f}' for b in budgets)} s; medseg max_epochs "
+              f"{a.max_epochs}" + (f", seeds {', '.join(map(str, seeds))}" if seeds != [None] else ""))
+    print(table(results, thresholds, header))
+    draw(results, a.png, header)
+    print(f"\nwrote {a.png}")
+    if a.json:
+        a.json.write_text(json.dumps({"header": header, "results": results}, indent=1))
+
+
+def merged(paths: list[Path]) -> dict[str, list[dict]]:
+    """The results of earlier runs' ``--json`` files, per arm in the order first seen; a run (arm,
+    budget, seed) measured twice is refused."""
+    results: dict[str, list[dict]] = {}
+    for path in paths:
+        for arm, rows in json.loads(path.read_text())["results"].items():
+            have = {(r["budget"], r.get("seed")) for r in results.get(arm, [])}
+            twice = [(r["budget"], r.get("seed")) for r in rows if (r["budget"], r.get("seed")) in have]
+            if twice:
+                raise SystemExit(f"time_to_quality: {path}: {arm} at (budget, seed) {twice} is in another file too")
+            results.setdefault(arm, []).extend(rows)
+    return results
+
+
+def measure(a: argparse.Namespace, budgets: list[float], seeds: list[int | None]) -> dict[str, list[dict]]:
+    """Every arm at every budget and seed (see the module docstring)."""
     arms = [x.strip() for x in a.arms.split(",") if x.strip()]
     unknown = [x for x in arms if x not in ARMS]
     if unknown:
         raise SystemExit(f"time_to_quality: unknown arm(s) {unknown}; valid: {', '.join(ARMS)}")
-    thresholds = [float(t) for t in a.thresholds.split(",")]
-    seeds: list[int | None] = [int(x) for x in a.seeds.split(",") if x.strip()] or [None]
     if a.cases - a.test_cases < 4:  # 3 validation cases, at least one to train on
         raise SystemExit(f"time_to_quality: --cases {a.cases} --test-cases {a.test_cases}: needs at least 4 "
                          "cases besides the test cases")
@@ -224,14 +263,7 @@ def main() -> None:
                         a.json.write_text(json.dumps({"results": results}, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    header = (f"{cpu_line(a.threads)}; {a.cases} built-in cases ({a.cases - a.test_cases} train+val, "
-              f"{a.test_cases} test), budgets {', '.join(f'{b:.0f}' for b in budgets)} s; medseg max_epochs "
-              f"{a.max_epochs}" + (f", seeds {', '.join(map(str, seeds))}" if seeds != [None] else ""))
-    print(table(results, thresholds, header))
-    draw(results, a.png, header)
-    print(f"\nwrote {a.png}")
-    if a.json:
-        a.json.write_text(json.dumps({"header": header, "results": results}, indent=1))
+    return results
 
 
 if __name__ == "__main__":

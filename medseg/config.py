@@ -117,6 +117,7 @@ class InputLayout(str, Enum):
     brats2023 = "brats2023"
     brats2021 = "brats2021"
     nnunet = "nnunet"
+    dicom = "dicom"
 
 
 class OutputCoding(str, Enum):
@@ -451,7 +452,7 @@ class PredictConfig:
 
     source: PredictSource = PredictSource.files
     pattern: str = "*.nii.gz"
-    layout: InputLayout = InputLayout.auto  # source=files: 4D NIfTI, BraTS 2023/2021 or nnU-Net per-contrast files
+    layout: InputLayout = InputLayout.auto  # source=files: 4D NIfTI, BraTS 2023/2021 or nnU-Net per-contrast files, DICOM studies
     labels: OutputCoding = OutputCoding.auto  # label coding of the written <case>.nii.gz
     cases: list[str] = field(default_factory=list)  # source=data: only these cases (empty: all)
     ensemble: list[str] = field(default_factory=list)  # more artifact folders: probabilities are averaged

@@ -115,6 +115,22 @@ def test_layouts_are_told_apart_by_the_file_names(data):
     assert detect_layout(next(data["nifti4d"].iterdir())) == "nifti4d"
 
 
+def test_a_folder_of_dicom_files_is_the_dicom_layout(tmp_path):
+    from pydicom.data import get_testdata_file
+
+    scanner = tmp_path / "export" / "DICOM" / "0001"  # no .dcm suffix, as scanners write them
+    scanner.mkdir(parents=True)
+    shutil.copy(get_testdata_file("MR_small.dcm"), scanner / "IM0001")
+    (tmp_path / "export" / "README.TXT").write_text("exported by the scanner")
+    assert detect_layout(tmp_path / "export") == "dicom"
+    (tmp_path / "plain").mkdir()
+    (tmp_path / "plain" / "notes.txt").write_text("no images")
+    with pytest.raises(DataError, match="no NIfTI files .* and no DICOM files"):
+        detect_layout(tmp_path / "plain")
+    with pytest.raises(DataError, match="reads a folder of DICOM studies"):
+        discover_inputs(scanner / "IM0001", InputLayout.dicom.value, CHANNELS)
+
+
 def test_a_folder_mixing_layouts_is_refused_in_one_line(data, artifact, tmp_path, capsys):
     mixed = tmp_path / "mixed"
     shutil.copytree(data["brats2023"], mixed)

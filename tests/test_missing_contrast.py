@@ -133,7 +133,7 @@ def test_predict_a_dicom_study_without_one_series_records_the_reasons(artifacts,
 
 
 def test_missing_channels_are_zero_in_what_the_predictor_gets(artifacts, tmp_path):
-    from medseg.stages.predict import dataset_inputs
+    from medseg.inference.datasets import dataset_inputs
 
     root = write_brats_dataset(tmp_path / "brats", DATA, release="brats2021", workers=1)
     lacking = sorted(root.iterdir())[1]

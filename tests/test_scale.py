@@ -21,7 +21,7 @@ def test_sharded_predict_sweep_through_the_submitit_launcher(run_dir, tiny_datas
     assert proc.returncode == 0, proc.stderr[-3000:]
     cases = []
     for job in (0, 1):
-        summary = json.loads((tmp_path / "sweep" / str(job) / "predictions.json").read_text())
+        summary = json.loads((tmp_path / "sweep" / str(job) / f"predictions.shard-{job}-of-2.json").read_text())
         assert summary["shard"] == f"{job}/2" and summary["n_failed"] == 0
         cases += [c["case"] for c in summary["cases"]]
     assert sorted(cases) == sorted(p.name[:-7] for p in (tiny_dataset / "imagesTs").glob("*.nii.gz"))

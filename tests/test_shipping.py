@@ -138,16 +138,21 @@ def test_batch_shards_split_the_cases_and_a_bad_case_is_isolated(artifact, tiny_
     (inputs / "BRATS_000_broken.nii.gz").write_bytes(b"\x1f\x8b not really gzip")
     seen = []
     codes = []
+    out = tmp_path / "out"  # one folder for both workers, as a Slurm array or an indexed job shares one
     for i in range(2):
-        out = tmp_path / f"shard{i}"
         proc = _batch([str(artifact), str(inputs), str(out), "--shard", f"{i}/2"], tmp_path)
         codes.append(proc.returncode)
-        summary = json.loads((out / "predictions.json").read_text())
+        summary = json.loads((out / f"predictions.shard-{i}-of-2.json").read_text())
+        assert summary["shard"] == f"{i}/2"
         seen += [c["case"] for c in summary["cases"]]
         if any(c["status"] == "failed" for c in summary["cases"]):
             assert proc.returncode == 2 and "BRATS_000_broken" in proc.stderr and "Traceback" not in proc.stderr
+        else:
+            assert f"summary in {out / f'predictions.shard-{i}-of-2.json'}" in proc.stdout
     assert sorted(seen) == sorted(p.name[:-7] for p in inputs.glob("*.nii.gz")) and len(seen) == len(set(seen))
     assert sorted(codes) == [0, 2]
+    assert not (out / "predictions.json").exists()  # no shard's summary stands for the whole batch
+    assert {p.name[:-7] for p in out.glob("*.nii.gz")} == set(seen) - {"BRATS_000_broken"}
     proc = _batch([str(artifact), str(inputs), str(tmp_path / "x"), "--shard", "2/2"], tmp_path)
     assert proc.returncode == 2 and "0 <= i < n" in proc.stderr
 
@@ -188,6 +193,22 @@ def test_dicom_input_writes_dicom_seg_referencing_the_series(artifact, tmp_path)
                                                    combine_segments=False)[..., 0]
         expected = np.stack([(label[:, :, k] == code).T for k in range(len(slices))])
         assert np.array_equal(volume.astype(bool), expected), number
+    # the Hydra-free batch command reads the same studies (layout told from the files: no NIfTI,
+    # DICOM under the folder), identifies the same series and writes the same labels and SEG
+    proc = _batch([str(artifact), str(data / "dicom"), str(tmp_path / "batch")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    batch = json.loads((tmp_path / "batch" / "predictions.json").read_text())
+    assert batch["layout"] == "dicom" and [c["case"] for c in batch["cases"]] == [case["case"]]
+    assert batch["cases"][0]["contrasts"] == case["contrasts"]
+    assert np.array_equal(np.asarray(nib.load(batch["cases"][0]["output"]).dataobj), label)
+    assert np.allclose(nib.load(batch["cases"][0]["output"]).affine, nib.load(case["output"]).affine)
+    assert hd.seg.segread(batch["cases"][0]["dicom_seg"]).ReferencedSeriesSequence[0].SeriesInstanceUID \
+        == first.SeriesInstanceUID
+    empty = tmp_path / "nothing"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "sub" / "notes.txt").write_text("no images here")
+    proc = _batch([str(artifact), str(empty), str(tmp_path / "none")], tmp_path)
+    assert proc.returncode == 2 and "no DICOM files" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_memory_cap_refuses_a_case_clearly_and_bf16_agrees(artifact, tiny_dataset, tmp_path):

@@ -3,7 +3,7 @@
     medseg-predict ARTIFACT INPUT OUTPUT [--backend torch|onnxruntime|onnxruntime-int8] [--shard i/n]
                    [--tta 0,1,2] [--overlap 0.5] [--threads N] [--pattern '*.nii.gz'] [--no-skip-existing]
                    [--uncertainty] [--no-calibrate] [--review|--no-review] [--viewer-case-mb MB] [--viewer-max-mb MB]
-                   [--layout auto|nifti4d|brats2023|brats2021|nnunet] [--labels auto|msd|brats2021|brats2023]
+                   [--layout auto|nifti4d|brats2023|brats2021|nnunet|dicom] [--labels auto|msd|brats2021|brats2023]
 
 Every default is the one of :class:`medseg.config.InferenceConfig` / :class:`medseg.config.PredictConfig`
 (the same as ``medseg predict``). See :mod:`medseg.inference.runtime` for what it reads and writes.
@@ -103,14 +103,14 @@ def main(argv: list[str] | None = None) -> int:
         summary = run_batch(items, predictor, art, out, skip_existing=not args.no_skip_existing, coding=coding,
                             uncertainty=args.uncertainty,
                             review=viewer_bounds(args.review, args.viewer_case_mb, args.viewer_max_mb, "--review"),
-                            extra={"input": str(args.input), "layout": layout, "backend": args.backend,
-                                   "shard": args.shard})
+                            shard=args.shard, extra={"input": str(args.input), "layout": layout,
+                                                     "backend": args.backend})
     except MedsegError as e:  # PartialFailure included: the finished cases keep their outputs
         sys.stderr.write(f"medseg-predict: error: {e}\n")
         return 2
     sys.stdout.write(f"{summary['n_ok']} case(s) segmented, {summary['n_skipped']} skipped, "
                      f"{summary['n_failed']} failed, {summary['qc']['n_review']} flagged for review; "
-                     f"summary in {Path(args.output) / 'predictions.json'}\n")
+                     f"summary in {summary['summary_path']}\n")
     return 0
 
 

@@ -8,9 +8,14 @@ nifti4d    ``<case>.nii.gz``: 4D, channels last (``pattern``) artifact order    
 brats2023  ``<id>-t1n``, ``-t1c``, ``-t2w``, ``-t2f`` (2023-25) by name          brats2023
 brats2021  ``CASE/CASE_flair``, ``_t1``, ``_t1ce``, ``_t2``   by name          brats2021
 nnunet     ``<id>_0000`` ... ``_0003``                       ``dataset.json`` msd
+dicom      DICOM studies, one case per study                  from the headers msd
 ========== ================================================= ================ ================
 
-``auto`` tells them apart by the file names and refuses a folder that mixes them. Per-contrast
+``auto`` tells them apart by the file names and refuses a folder that mixes them; a folder with no
+NIfTI file but DICOM files under it is ``dicom``: each contrast is the study's series identified as
+it from its acquisition attributes (:mod:`medseg.data.sources.dicom`), the output is written on the
+grid of the first channel's series, plus a DICOM SEG object referencing it when highdicom is
+installed. Per-contrast
 files are matched to the artifact's channel list by NAME, never by file order, through
 :data:`CONTRAST_ALIASES` (BraTS 2023 ``t2f`` is FLAIR, ``t1n`` T1w, ``t1c`` T1 with gadolinium,
 ``t2w`` T2w; BraTS 2021 ``flair``, ``t1``, ``t1ce``, ``t2``); nnU-Net indices get their names from
@@ -35,10 +40,12 @@ from pathlib import Path
 import numpy as np
 
 from medseg.config import InputLayout, OutputCoding
+from medseg.data.io.dicom import looks_like_dicom
 from medseg.data.io.nifti import read_header
 from medseg.data.labels import INTERNAL_LABELS, LabelSpec, five_label_coding
-from medseg.data.sources.base import Case, CaseRef, Source, check_nifti_case
+from medseg.data.sources.base import Case, CaseRef, Source, check_nifti_case, walk_files
 from medseg.errors import ConfigError, DataError
+from medseg.inference.datasets import dicom_inputs
 from medseg.inference.runtime import InputCase, Loaded, file_inputs
 from medseg.utils.files import read_json
 
@@ -124,7 +131,10 @@ def detect_layout(inputs: Path) -> str:
     for f in nifti_files(inputs):
         kinds.setdefault(classify(f.name), []).append(f)
     if not kinds:
-        raise DataError(inputs, "no NIfTI files (*.nii.gz, *.nii) in the folder or its case folders")
+        if any(looks_like_dicom(f) for f in walk_files(inputs)):
+            return "dicom"
+        raise DataError(inputs, "no NIfTI files (*.nii.gz, *.nii) in the folder or its case folders, "
+                                "and no DICOM files under it")
     if len(kinds) > 1:
         found = "; ".join(f"{len(fs)} {k} file(s) such as {fs[0].relative_to(inputs)}"
                           for k, fs in sorted(kinds.items()))
@@ -293,6 +303,10 @@ def discover_inputs(inputs: Path, layout: str, channels: Sequence[str], pattern:
         log.info("%s: input layout %s", inputs, layout)
     if layout == InputLayout.nifti4d.value:
         return file_inputs(inputs, pattern, len(channels)), layout
+    if layout == InputLayout.dicom.value:
+        if not inputs.is_dir():
+            raise DataError(inputs, "the dicom layout reads a folder of DICOM studies, not a file")
+        return dicom_inputs(inputs, channels)[0], layout
     if layout not in PER_CONTRAST:
         raise ConfigError(f"input layout {layout!r} is not known; valid: {[x.value for x in InputLayout]}")
     return per_contrast_inputs(inputs, layout, channels), layout
@@ -324,4 +338,5 @@ def output_coding(requested: str, input_convention: str, labels: LabelSpec) -> s
 
 def describe_layouts() -> Mapping[str, str]:
     """Layout -> how its files look (for help texts)."""
-    return {"nifti4d": "<case>.nii.gz, 4D channels last", **{k: v.example for k, v in PER_CONTRAST.items()}}
+    return {"nifti4d": "<case>.nii.gz, 4D channels last", **{k: v.example for k, v in PER_CONTRAST.items()},
+            "dicom": "DICOM studies (one case per study, each contrast's series identified from its headers)"}

@@ -72,9 +72,9 @@ def _loader(item: InputCase, output: Path, coding: str, regions: Mapping[str, Se
     return load
 
 
-def write_review(out_dir: Path, items: Sequence[InputCase], records: Sequence[Mapping[str, Any]], art: Artifact,
+def write_review(path: Path, items: Sequence[InputCase], records: Sequence[Mapping[str, Any]], art: Artifact,
                  coding: str, bounds: ViewerBounds) -> ViewerStats:
-    """Write ``out_dir/review.html`` (atomically) and return what it embeds."""
+    """Write the review page ``path`` (``review.html``, atomically) and return what it embeds."""
     cases, columns = review_cases(items, records, art, coding)
     fragment, stats = viewer_html(cases, columns, list(art.labels.regions), bounds)
     n_flagged = sum(bool((r.get("qc") or {}).get("review")) for r in records)
@@ -84,6 +84,6 @@ def write_review(out_dir: Path, items: Sequence[InputCase], records: Sequence[Ma
              "and each region.",
              "Volumes are cropped to the head and sampled every n voxels to fit the size bounds "
              "(predict.viewer_case_mb, predict.viewer_max_mb): " + stats.sentence()]
-    write_text(out_dir / "review.html", standalone_page("medseg review", intro, fragment))
-    log.info("review.html: %s", stats.sentence())
+    write_text(path, standalone_page("medseg review", intro, fragment))
+    log.info("%s: %s", path.name, stats.sentence())
     return stats

@@ -8,7 +8,9 @@ paths, or one file — or per-contrast BraTS 2023/2021 and nnU-Net folders
 (:mod:`medseg.inference.layouts`).
 Outputs in OUTPUT: ``<case>.nii.gz`` on each input's grid in the label coding asked for, and
 ``predictions.json`` (label coding, per-case status, seconds, peak RSS). Finished cases are skipped on a rerun; a
-bad case is reported and skipped, and the exit status is 2 if any case failed (0 otherwise).
+bad case is reported and skipped, and the exit status is 2 if any case failed (0 otherwise). A shard
+``i/n`` of a batch writes ``predictions.shard-i-of-n.json`` (and ``review.shard-i-of-n.html``)
+instead, so the workers of one batch can share an output folder (:func:`batch_file_names`).
 """
 
 from __future__ import annotations
@@ -73,6 +75,24 @@ def shard_items(items: list[InputCase], shard: str | None) -> list[InputCase]:
         return items
     i, n = parsed
     return sorted(items, key=lambda c: c.name)[i::n]
+
+
+def batch_file_names(shard: str | None) -> tuple[str, str]:
+    """The names of a batch's summary and review page: ``predictions.json`` and ``review.html``,
+    or for shard ``"i/n"`` ``predictions.shard-i-of-n.json`` and ``review.shard-i-of-n.html``, so
+    that n workers writing into one folder keep each other's summaries.
+
+    >>> batch_file_names(None), batch_file_names("1/4")
+    (('predictions.json', 'review.html'), ('predictions.shard-1-of-4.json', 'review.shard-1-of-4.html'))
+    """
+    try:
+        parsed = parse_shard(shard)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    if parsed is None:
+        return "predictions.json", "review.html"
+    tag = f"shard-{parsed[0]}-of-{parsed[1]}"
+    return f"predictions.{tag}.json", f"review.{tag}.html"
 
 
 def case_name(path: Path) -> str:
@@ -170,21 +190,22 @@ def check_missing_channels(item: InputCase, art: Artifact) -> tuple[str, ...]:
     return policy.missing
 
 
-def review_page(out_dir: Path, items: Sequence[InputCase], results: Sequence[dict[str, Any]], art: Artifact,
+def review_page(path: Path, items: Sequence[InputCase], results: Sequence[dict[str, Any]], art: Artifact,
                 coding: str, bounds: ViewerBounds) -> dict[str, Any]:
-    """Write ``review.html`` and return its sizes for the summary; a failure to write it is logged and
-    recorded there (the predictions stand)."""
+    """Write the review page ``path`` and return its sizes for the summary; a failure to write it is
+    logged and recorded there (the predictions stand)."""
     try:
-        stats = write_review(out_dir, items, results, art, coding, bounds)
+        stats = write_review(path, items, results, art, coding, bounds)
     except (MedsegError, OSError) as e:
-        log.error("review.html not written: %s", e)
+        log.error("%s not written: %s", path.name, e)
         return {"error": str(e)}
-    return {"path": str(out_dir / "review.html"), **asdict(stats)}
+    return {"path": str(path), **asdict(stats)}
 
 
 def run_batch(items: Sequence[InputCase], predictor: CasePredictor, art: Artifact, out_dir: Path, *,
               skip_existing: bool = True, dicom_seg: bool | None = None, extra: dict[str, Any] | None = None,
-              coding: str = "msd", uncertainty: bool = False, review: ViewerBounds | None = None) -> dict[str, Any]:
+              coding: str = "msd", uncertainty: bool = False, review: ViewerBounds | None = None,
+              shard: str | None = None) -> dict[str, Any]:
     """Predict every case, isolating failures; write ``predictions.json`` (with every case's ``qc``
     record and the batch's ``qc`` summary: the cases to review).
 
@@ -199,13 +220,16 @@ def run_batch(items: Sequence[InputCase], predictor: CasePredictor, art: Artifac
         coding: label coding of the written label maps (stated in the summary with each code's name).
         uncertainty: also write each case's ``<case>_uncertainty.nii.gz``.
         review: also write ``review.html`` (:mod:`medseg.inference.review`) within these size bounds.
+        shard: the ``i/n`` shard ``items`` are (recorded; names the summary and the review page,
+            :func:`batch_file_names`).
 
     Returns:
-        The summary without the per-case list.
+        The summary without the per-case list, with ``summary_path``.
 
     Raises:
         PartialFailure: at the end, if any case failed (the others keep their outputs).
     """
+    summary_name, review_name = batch_file_names(shard)
     results = []
     predictor.uncertainty = True  # the QC record needs the uncertainty summaries
     seg = want_dicom_seg(dicom_seg, any(c.dicom_series for c in items))
@@ -223,15 +247,15 @@ def run_batch(items: Sequence[InputCase], predictor: CasePredictor, art: Artifac
             results.append({"case": item.name, "status": "failed", "error": str(e), **missing})
     failed = [r for r in results if r["status"] == "failed"]
     codes = {code: art.labels.labels[k] for k, code in output_codes(coding).items() if k in art.labels.labels}
-    summary = {"artifact": str(art.path), **(extra or {}), "labels": coding,
+    summary = {"artifact": str(art.path), **(extra or {}), "shard": shard, "labels": coding,
                "label_codes": {str(c): codes[c] for c in sorted(codes)},
                "cases": results,
                "n_ok": sum(r["status"] == "ok" for r in results), "n_failed": len(failed),
                "n_skipped": sum(r["status"].startswith("skipped") for r in results), "qc": batch_review(results)}
     if review is not None:
-        summary["review"] = review_page(out_dir, items, results, art, coding, review)
-    write_json(out_dir / "predictions.json", summary)
+        summary["review"] = review_page(out_dir / review_name, items, results, art, coding, review)
+    write_json(out_dir / summary_name, summary)
     if failed:  # the cases that finished keep their outputs; the stage still exits non-zero
         raise PartialFailure(f"{len(failed)} case(s) failed: " + "; ".join(r["error"] for r in failed)
-                             + f" (see {out_dir / 'predictions.json'})")
-    return {k: v for k, v in summary.items() if k != "cases"}
+                             + f" (see {out_dir / summary_name})")
+    return {**{k: v for k, v in summary.items() if k != "cases"}, "summary_path": str(out_dir / summary_name)}

@@ -12,7 +12,8 @@ channel's series, plus ``<case>.seg.dcm``, a DICOM SEG object referencing that s
 ``predict.dicom_seg``) and ``predictions.json`` with per-case status, time and peak memory. Cases
 whose output already exists are skipped (``predict.skip_existing``), so a rerun resumes;
 ``predict.shard=i/n`` keeps the i-th of n interleaved parts of the sorted case list, so n
-independent workers (a Slurm array, a Kubernetes indexed job) split a batch without coordination.
+independent workers (a Slurm array, a Kubernetes indexed job) split a batch without coordination
+(each writes ``predictions.shard-i-of-n.json``, so they can share one output folder).
 The network runs in TorchScript (``predict.backend=torch``) or ONNX Runtime
 (``predict.backend=onnxruntime``). A bad case is reported and skipped, and the stage fails at the
 end if any case failed.
@@ -24,70 +25,19 @@ The runtime part lives in :mod:`medseg.inference.runtime`, which the Hydra-free 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from medseg.config import Backend, PredictSource, choice
-from medseg.data.contrasts import identification_json, missing_files, stand_in, zero_channels
-from medseg.data.sources import CaseRef, build_source
-from medseg.errors import DataError
 from medseg.export.artifact import load_artifact
 from medseg.inference.build import build_predictor
+from medseg.inference.datasets import dataset_inputs
 from medseg.inference.layouts import discover_inputs, output_coding
-from medseg.inference.runtime import InputCase, Loaded, run_batch, shard_items
+from medseg.inference.runtime import run_batch, shard_items
 from medseg.stages.common import require_path
 from medseg.utils.niivue import viewer_bounds
 
 log = logging.getLogger(__name__)
-
-
-def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: Sequence[str] = ()
-                   ) -> tuple[list[InputCase], str]:
-    """Cases of a dataset folder read with the ``data`` source settings (any layout, DICOM too),
-    and the label convention of the source (for ``predict.labels=auto``).
-
-    Args:
-        data_cfg: the ``data`` section (source kind and options).
-        inputs: the dataset folder.
-        channels: the channels the model expects, in order.
-        cases: only these cases (empty: all).
-
-    Raises:
-        DataError: the source gives other channels, or some ``cases`` are not in the dataset.
-    """
-    source = build_source(data_cfg, inputs)
-    if tuple(source.channels) != tuple(channels):
-        raise DataError(inputs, f"the {choice(data_cfg.source)} source gives channels {list(source.channels)}, "
-                                f"the model expects {list(channels)}")
-    source.allow_missing = True  # a study without a series: the artifact's accepted subsets decide
-    wanted = set(cases)
-    refs = [with_stand_ins(replace(r, label=None), source.channels) for r in source.cases()
-            if not wanted or r.name in wanted]
-    missing = wanted - {r.name for r in refs}
-    if missing:
-        raise DataError(inputs, f"predict.cases {sorted(missing)} are not in the dataset")
-
-    def loader(ref: CaseRef) -> Callable[[], Loaded]:
-        def load() -> Loaded:
-            case = source.load(ref)
-            return zero_channels(case.image, source.channels, ref.missing), case.affine, None
-        return load
-
-    return ([InputCase(r.name, r.images[0], loader(r), tuple(r.series[0]) if r.series else (),
-                       missing_channels=r.missing,
-                       details={"contrasts": identification_json(r)} if r.identification else {}) for r in refs],
-            source.convention)
-
-
-def with_stand_ins(ref: CaseRef, channels: Sequence[str]) -> CaseRef:
-    """``ref`` with a present channel's files standing in for each missing one (at least one present;
-    see :func:`medseg.data.contrasts.stand_in`)."""
-    missing = missing_files(ref, channels)
-    if not missing or len(missing) == len(channels) or ref.missing:
-        return ref
-    return stand_in(ref, channels, missing)
 
 
 def predict(cfg: Any, artifact: Path, inputs: Path, out_dir: Path, cases: list[str] | None = None,
@@ -124,9 +74,10 @@ def predict(cfg: Any, artifact: Path, inputs: Path, out_dir: Path, cases: list[s
     items = shard_items(items, pc.shard)
     predictor = build_predictor(pc.inference, artifact=art, ensemble=ensemble, backend=backend)
     return run_batch(items, predictor, art, out_dir, skip_existing=bool(pc.skip_existing), dicom_seg=pc.dicom_seg,
-                     coding=coding, uncertainty=bool(pc.uncertainty),
-                     review=viewer_bounds(pc.review, pc.viewer_case_mb, pc.viewer_max_mb, "predict.review"), extra={"input": str(inputs), "layout": layout, "backend": backend,
-                                           "shard": pc.shard, "ensemble": [str(a.path) for a in ensemble]})
+                     coding=coding, uncertainty=bool(pc.uncertainty), shard=pc.shard,
+                     review=viewer_bounds(pc.review, pc.viewer_case_mb, pc.viewer_max_mb, "predict.review"),
+                     extra={"input": str(inputs), "layout": layout, "backend": backend,
+                            "ensemble": [str(a.path) for a in ensemble]})
 
 
 def predict_stage(cfg: Any, out_dir: Path) -> dict[str, Any]:

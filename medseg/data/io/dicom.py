@@ -84,7 +84,7 @@ def scan(files: Sequence[Path]) -> tuple[list[SeriesInfo], list[str]]:
     numbers: dict[str, int] = {}
     problems = []
     for path in files:
-        if not _looks_like_dicom(path):
+        if not looks_like_dicom(path):
             continue
         try:
             ds = read_header(path)
@@ -191,7 +191,8 @@ def _agent(ds: Dataset) -> str:
     return agent
 
 
-def _looks_like_dicom(path: Path) -> bool:
+def looks_like_dicom(path: Path) -> bool:
+    """A Part 10 file (``DICM`` after the 128-byte preamble) or a ``.dcm``/``.dicom``/``.ima`` name."""
     try:
         with open(path, "rb") as f:
             head = f.read(132)

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.contrasts import choose, identification_record, identify_series, stand_in, zero_channels
-from medseg.data.io.dicom import SeriesInfo, _looks_like_dicom, read_radiograph, read_series, scan
+from medseg.data.io.dicom import SeriesInfo, looks_like_dicom, read_radiograph, read_series, scan
 from medseg.data.io.nifti import DEFAULT_MAX_VOXELS, read_nifti
 from medseg.data.sources.base import Case, CaseRef, Source, align_to_grid, grid_mismatch, walk_files
 from medseg.errors import ConfigError, DataError
@@ -291,7 +291,7 @@ class XraySource(Source):
         skip = (self.mask_dir,) if self.mask_dir else ()
         refs = []
         for path in walk_files(self.root, skip=skip):
-            if not _looks_like_dicom(path):
+            if not looks_like_dicom(path):
                 continue
             name = _safe(path.relative_to(self.root).with_suffix("").as_posix().replace("/", "_"))
             refs.append(CaseRef(name=name, images=(path,), label=self._mask(name)))

@@ -1,0 +1,76 @@
+"""Prediction inputs read from a dataset folder with a ``data`` source (any layout, DICOM studies
+too): ``medseg predict predict.source=data`` and the ``dicom`` input layout of ``medseg-predict``
+(:func:`dicom_inputs`: the DICOM source with its default contrast identification)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from medseg.config import DataConfig, SourceKind, choice
+from medseg.data.contrasts import identification_json, missing_files, stand_in, zero_channels
+from medseg.data.sources import CaseRef, build_source
+from medseg.errors import DataError
+from medseg.inference.runtime import InputCase, Loaded
+
+
+def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: Sequence[str] = ()
+                   ) -> tuple[list[InputCase], str]:
+    """Cases of a dataset folder read with the ``data`` source settings (any layout, DICOM too),
+    and the label convention of the source (for ``predict.labels=auto``).
+
+    Args:
+        data_cfg: the ``data`` section (source kind and options).
+        inputs: the dataset folder.
+        channels: the channels the model expects, in order.
+        cases: only these cases (empty: all).
+
+    Raises:
+        DataError: the source gives other channels, or some ``cases`` are not in the dataset.
+    """
+    source = build_source(data_cfg, inputs)
+    if tuple(source.channels) != tuple(channels):
+        raise DataError(inputs, f"the {choice(data_cfg.source)} source gives channels {list(source.channels)}, "
+                                f"the model expects {list(channels)}")
+    source.allow_missing = True  # a study without a series: the artifact's accepted subsets decide
+    wanted = set(cases)
+    refs = [with_stand_ins(replace(r, label=None), source.channels) for r in source.cases()
+            if not wanted or r.name in wanted]
+    missing = wanted - {r.name for r in refs}
+    if missing:
+        raise DataError(inputs, f"predict.cases {sorted(missing)} are not in the dataset")
+
+    def loader(ref: CaseRef) -> Callable[[], Loaded]:
+        def load() -> Loaded:
+            case = source.load(ref)
+            return zero_channels(case.image, source.channels, ref.missing), case.affine, None
+        return load
+
+    return ([InputCase(r.name, r.images[0], loader(r), tuple(r.series[0]) if r.series else (),
+                       missing_channels=r.missing,
+                       details={"contrasts": identification_json(r)} if r.identification else {}) for r in refs],
+            source.convention)
+
+
+def with_stand_ins(ref: CaseRef, channels: Sequence[str]) -> CaseRef:
+    """``ref`` with a present channel's files standing in for each missing one (at least one present;
+    see :func:`medseg.data.contrasts.stand_in`)."""
+    missing = missing_files(ref, channels)
+    if not missing or len(missing) == len(channels) or ref.missing:
+        return ref
+    return stand_in(ref, channels, missing)
+
+
+def dicom_inputs(inputs: Path, channels: Sequence[str]) -> tuple[list[InputCase], str]:
+    """The DICOM studies under ``inputs`` as cases (one per study): each of ``channels`` is the
+    series identified as that contrast by its acquisition attributes, with the default
+    SeriesDescription hints (:mod:`medseg.data.sources.dicom`; other patterns or a mapping file:
+    ``medseg predict predict.source=data data=dicom``), and the label convention (``msd``).
+
+    Raises:
+        DataError: no series is identified as any channel (naming the series found).
+    """
+    cfg = DataConfig(source=SourceKind.dicom, root=str(inputs), channels=list(channels), label_dir=None)
+    return dataset_inputs(cfg, inputs, channels)
