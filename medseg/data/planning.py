@@ -21,8 +21,7 @@ import numpy as np
 
 from medseg.config import DataConfig, ModelConfig, TrainConfig
 from medseg.data.labels import LabelSpec
-from medseg.models.memory import training_step_gb
-from medseg.models.memory import size_divisor
+from medseg.models.memory import size_divisor, training_step_gb
 
 log = logging.getLogger(__name__)
 

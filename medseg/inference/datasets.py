@@ -63,14 +63,14 @@ def with_stand_ins(ref: CaseRef, channels: Sequence[str]) -> CaseRef:
     return stand_in(ref, channels, missing)
 
 
-def dicom_inputs(inputs: Path, channels: Sequence[str]) -> tuple[list[InputCase], str]:
+def dicom_inputs(inputs: Path, channels: Sequence[str]) -> list[InputCase]:
     """The DICOM studies under ``inputs`` as cases (one per study): each of ``channels`` is the
     series identified as that contrast by its acquisition attributes, with the default
     SeriesDescription hints (:mod:`medseg.data.sources.dicom`; other patterns or a mapping file:
-    ``medseg predict predict.source=data data=dicom``), and the label convention (``msd``).
+    ``medseg predict predict.source=data data=dicom``).
 
     Raises:
         DataError: no series is identified as any channel (naming the series found).
     """
     cfg = DataConfig(source=SourceKind.dicom, root=str(inputs), channels=list(channels), label_dir=None)
-    return dataset_inputs(cfg, inputs, channels)
+    return dataset_inputs(cfg, inputs, channels)[0]

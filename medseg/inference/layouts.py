@@ -306,7 +306,7 @@ def discover_inputs(inputs: Path, layout: str, channels: Sequence[str], pattern:
     if layout == InputLayout.dicom.value:
         if not inputs.is_dir():
             raise DataError(inputs, "the dicom layout reads a folder of DICOM studies, not a file")
-        return dicom_inputs(inputs, channels)[0], layout
+        return dicom_inputs(inputs, channels), layout
     if layout not in PER_CONTRAST:
         raise ConfigError(f"input layout {layout!r} is not known; valid: {[x.value for x in InputLayout]}")
     return per_contrast_inputs(inputs, layout, channels), layout

@@ -67,14 +67,19 @@ def shard_items(items: list[InputCase], shard: str | None) -> list[InputCase]:
     Raises:
         ConfigError: ``shard`` is not ``i/n`` with ``0 <= i < n``.
     """
-    try:
-        parsed = parse_shard(shard)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    parsed = _shard(shard)
     if parsed is None:
         return items
     i, n = parsed
     return sorted(items, key=lambda c: c.name)[i::n]
+
+
+def _shard(shard: str | None) -> tuple[int, int] | None:
+    """:func:`medseg.config.parse_shard`, its error a :class:`ConfigError`."""
+    try:
+        return parse_shard(shard)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
 
 
 def batch_file_names(shard: str | None) -> tuple[str, str]:
@@ -85,10 +90,7 @@ def batch_file_names(shard: str | None) -> tuple[str, str]:
     >>> batch_file_names(None), batch_file_names("1/4")
     (('predictions.json', 'review.html'), ('predictions.shard-1-of-4.json', 'review.shard-1-of-4.html'))
     """
-    try:
-        parsed = parse_shard(shard)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    parsed = _shard(shard)
     if parsed is None:
         return "predictions.json", "review.html"
     tag = f"shard-{parsed[0]}-of-{parsed[1]}"
