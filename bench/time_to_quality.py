@@ -16,7 +16,9 @@ as in ``bench/train_vs_monai.py``) every arm trains once from scratch in its own
 The medseg arms share ``--max-epochs`` (a cap, 200 epochs of 40 iterations by default, the
 setting of the issue's 600 s run); everything else is ``bench/train_vs_monai.py``'s (same patch,
 batch, U-Net, threads, validation every 200 iterations without a budget). Printed: the table
-(validation mean Dice at the end of training, test Dice per region and its mean, iterations), the
+(validation mean Dice at the end of training, test Dice per region and its mean, iterations; then
+where the test mean falls short of 1: on the cases that have a region, and by false positives on
+those whose reference lacks it, tumour-free and non-enhancing cases, each a whole 0 or 1), the
 budget at which each arm's test mean region Dice first reaches each ``--thresholds`` value, and the
 time into the longest run at which its validation mean Dice first does; wall s is each run's
 preparation plus training (``medseg epochs`` finishes the epoch that crosses the budget). Drawn: ``--png`` (test mean
@@ -149,6 +151,45 @@ def table(results: dict[str, list[dict]], thresholds: list[float], header: str) 
     return "\n".join(lines)
 
 
+def losses(run: dict) -> tuple[float, float, int, int] | None:
+    """Where a run's test mean Dice falls short of 1 (``None`` for a run without per-case
+    results): (lost on cases whose reference has the region, lost on cases whose reference lacks
+    it: a false positive scores 0 there, the number of (case, region) pairs without the region
+    predicted empty, their number). The two losses add up to 1 - test mean Dice."""
+    if not run.get("cases"):
+        return None
+    cases = list(run["cases"].values())
+    n = len(cases)
+    present = absent = 0.0
+    right = total = 0
+    for region in REGIONS:
+        for case in cases:
+            dice, ref_ml = case[region]
+            if ref_ml > 0:
+                present += (1 - dice) / n / len(REGIONS)
+            else:
+                total += 1
+                right += dice == 1
+                absent += (1 - dice) / n / len(REGIONS)
+    return present, absent, right, total
+
+
+def breakdown(results: dict[str, list[dict]]) -> str:
+    """The Markdown table of :func:`losses` (means over seeds; per seed the absent regions
+    predicted empty), or "" when no run has per-case results."""
+    lines = ["| arm | budget (s) | 1 - test mean | lost where the region is present | lost to false positives "
+             "where it is absent | absent regions predicted empty (per seed) |", "|---" * 6 + "|"]
+    for arm, rows in results.items():
+        for budget, runs in group(rows).items():
+            parts = [losses(r) for r in runs]
+            if any(x is None for x in parts):
+                continue
+            lines.append(f"| {arm} | {budget:.0f} | {1 - mean_of(runs, lambda r: r['test_mean_dice']):.3f} | "
+                         f"{statistics.mean(x[0] for x in parts):.3f} | {statistics.mean(x[1] for x in parts):.3f} | "
+                         + ", ".join(f"{x[2]}/{x[3]}" for x in parts) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def draw(results: dict[str, list[dict]], png: Path, title: str) -> None:
     """Test mean Dice against budget (mean over seeds, each seed a dot), and the validation curves
     of the longest budget (one line per seed)."""
@@ -213,6 +254,10 @@ def main() -> None:
               f"{a.test_cases} test), budgets {', '.join(f'{b:.0f}' for b in budgets)} s; medseg max_epochs "
               f"{a.max_epochs}" + (f", seeds {', '.join(map(str, seeds))}" if seeds != [None] else ""))
     print(table(results, thresholds, header))
+    lost = breakdown(results)
+    if lost:
+        print("\nWhere the test mean Dice is lost (BraTS convention: a region absent from the reference scores 1 "
+              "if the prediction lacks it too, else 0):\n\n" + lost)
     draw(results, a.png, header)
     print(f"\nwrote {a.png}")
     if a.json:

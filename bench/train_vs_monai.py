@@ -91,7 +91,17 @@ def run_medseg(data: Path, work: Path, budget: float, threads: int, extra: list[
     curve = [(prep_s + e["elapsed_s"], e["val_mean_dice"]) for e in epochs if "val_mean_dice" in e]
     return {"arm": "medseg", "samples": train["iterations"] * BATCH, "seconds": seconds,
             "loop_seconds": sum(e["train_s"] for e in epochs), "val_curve": curve,
-            "dice": ev["dice"], "peak_rss_mb": rss, "artifact": str(work / "export" / "artifact")}
+            "dice": ev["dice"], "cases": test_cases(work / "evaluate" / "metrics.json"),
+            "peak_rss_mb": rss, "artifact": str(work / "export" / "artifact")}
+
+
+def test_cases(metrics: Path) -> dict[str, dict[str, list[float]]]:
+    """Per test case and region of ``evaluate``'s ``metrics.json``: [Dice, reference volume in ml]
+    (volume 0: the region is absent from the reference, scored 1 if the prediction is empty too,
+    else 0: the BraTS convention)."""
+    cases = json.loads(metrics.read_text())["cases"]
+    return {c["case"]: {r: [c[r]["dice"], c[r]["volume_ref_ml"]] for r in REGIONS} for c in cases
+            if c.get("status") == "ok"}
 
 
 def _regions(label):
