@@ -209,6 +209,19 @@ class PathsConfig:
     metrics: Optional[str] = None
 
 
+#: Default SeriesDescription patterns of the four BraTS contrasts (MSD Task01 channel order), the
+#: default of ``data.series_patterns``: hints only (see :mod:`medseg.data.contrasts`), worded for
+#: Siemens, GE and Philips habits; a channel without a pattern is matched by its own name.
+_POST = r"(gd|gad|ce\b|c\+|\+c|post|contrast)"
+_T1 = r"(t1|mprage|tfe|spgr|bravo|vibe)"
+DEFAULT_SERIES_PATTERNS: dict[str, str] = {
+    "FLAIR": r"flair|dark.?fluid|tirm",
+    "T1w": rf"^(?!ce[\s_]).*?{_T1}(?!.*{_POST})",
+    "t1gd": rf"{_T1}.*{_POST}|^ce[\s_].*{_T1}",
+    "T2w": r"t2(?!.*(flair|\*|star|swi|dark.?fluid|tirm))",
+}
+
+
 @dataclass
 class DataConfig:
     """Dataset source, verification, planning and preprocessing.
@@ -224,8 +237,9 @@ class DataConfig:
     patterns: dict[str, str] = field(default_factory=dict)
     label_pattern: Optional[str] = None
     datalist: Optional[str] = None
-    # dicom: SeriesDescription regex per channel or a mapping file; NIfTI labels in label_dir
-    series_patterns: dict[str, str] = field(default_factory=dict)
+    # dicom: SeriesDescription regex per channel (these replace the defaults channel by channel) or
+    # a mapping file; NIfTI labels in label_dir
+    series_patterns: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_SERIES_PATTERNS))
     series_mapping: Optional[str] = None
     label_dir: Optional[str] = "labels"
     slice_gap_tol_mm: float = 0.05

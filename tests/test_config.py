@@ -64,7 +64,15 @@ def test_every_data_source_composes_and_builds_its_source(group, tmp_path):
         import re
 
         patterns = {c: re.compile(p, re.IGNORECASE) for c, p in cfg.data.series_patterns.items()}
-        picks = {c: [d for d in ("AX T2 FLAIR", "T1 SE AX", "T1 AX POST GD", "T2 TSE AX", "T1 MPRAGE C+", "T2*")
-                     if p.search(d)] for c, p in patterns.items()}
-        assert picks == {"FLAIR": ["AX T2 FLAIR"], "T1w": ["T1 SE AX"], "t1gd": ["T1 AX POST GD", "T1 MPRAGE C+"],
-                         "T2w": ["T2 TSE AX"]}
+        picks = {c: [d for d in ("AX T2 FLAIR", "T1 SE AX", "T1 AX POST GD", "T2 TSE AX", "T1 MPRAGE C+", "T2*",
+                                 "t2_tirm_tra_dark-fluid") if p.search(d)] for c, p in patterns.items()}
+        assert picks == {"FLAIR": ["AX T2 FLAIR", "t2_tirm_tra_dark-fluid"], "T1w": ["T1 SE AX"],
+                         "t1gd": ["T1 AX POST GD", "T1 MPRAGE C+"], "T2w": ["T2 TSE AX"]}
+        # the Hydra group and the DICOM source use one set of hints (the schema's); one channel's
+        # override replaces that channel's only
+        from medseg.data.sources.dicom import DicomSource
+
+        assert dict(cfg.data.series_patterns) == {c: p.pattern for c, p in DicomSource(tmp_path).patterns.items()}
+        cfg = _compose(["data=dicom", f"data.root={tmp_path}", "data.series_patterns.FLAIR=dark"])
+        source = DicomSource(tmp_path, cfg.data.channels, cfg.data.series_patterns)
+        assert source.patterns["FLAIR"].pattern == "dark" and source.patterns["T2w"].search("T2 TSE AX")

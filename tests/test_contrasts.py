@@ -127,6 +127,27 @@ def test_a_description_breaks_a_tie_and_the_mapping_overrides(studies, tmp_path)
     assert chosen["FLAIR"][0] == 5 and chosen["FLAIR"][1][0].startswith("data.series_mapping names")
 
 
+def test_a_mapping_that_names_one_channel_leaves_the_others_identified(studies, tmp_path):
+    root = shutil.copytree(studies, tmp_path / "dcm")
+    copy = _copy_series(root, "SUBJ006", "SE002", 9)  # two FLAIRs that nothing separates
+    before = {c: (u, n) for c, u, n, _, _ in
+              next(r for r in make_source("dicom", str(studies)).cases() if r.name == "SUBJ006").identification}
+    flair = pydicom.dcmread(next(copy.iterdir())).SeriesInstanceUID
+    mapping = root / "mapping.json"
+    mapping.write_text(json.dumps({"SUBJ006": {"FLAIR": flair}}))
+    ref = next(r for r in make_source("dicom", str(root), series_mapping=str(mapping)).cases() if r.name == "SUBJ006")
+    assert not ref.problems  # the mapping settles the tie
+    chosen = {c: (u, n, r) for c, u, n, _, r in ref.identification}
+    assert chosen["FLAIR"] == (flair, 9, (f"data.series_mapping names {flair!r}",))
+    others = ("T1w", "t1gd", "T2w")
+    assert {c: chosen[c][:2] for c in others} == {c: before[c] for c in others}
+    assert not any(r.startswith("data.series_mapping") for c in others for r in chosen[c][2])
+    # the series identified as T2w named for FLAIR is not offered to T2w again: T2w has none left
+    mapping.write_text(json.dumps({"SUBJ006": {"FLAIR": before["T2w"][0]}}))
+    ref = next(r for r in make_source("dicom", str(root), series_mapping=str(mapping)).cases() if r.name == "SUBJ006")
+    assert len(ref.problems) == 1 and "no series matches channel 'T2w' in study of SUBJ006" in ref.problems[0]
+
+
 def test_two_t1_without_any_agent_are_an_ambiguity_that_says_so(studies, tmp_path):
     root = shutil.copytree(studies, tmp_path / "dcm")
     post = next((root / "dicom" / "SUBJ006").glob("*/SE004"))

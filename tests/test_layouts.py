@@ -129,6 +129,11 @@ def test_a_folder_of_dicom_files_is_the_dicom_layout(tmp_path):
         detect_layout(tmp_path / "plain")
     with pytest.raises(DataError, match="reads a folder of DICOM studies"):
         discover_inputs(scanner / "IM0001", InputLayout.dicom.value, CHANNELS)
+    # a mask saved as NIfTI beside the study, not named -seg: neither layout is guessed
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), tmp_path / "export" / "mask.nii.gz")
+    with pytest.raises(DataError, match=r"mixes input layouts \(1 dicom file\(s\) such as DICOM/0001/IM0001; "
+                                        r"1 nifti4d file\(s\) such as mask.nii.gz\)"):
+        detect_layout(tmp_path / "export")
 
 
 def test_a_folder_mixing_layouts_is_refused_in_one_line(data, artifact, tmp_path, capsys):

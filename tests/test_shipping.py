@@ -100,14 +100,15 @@ sys.meta_path.insert(0, _Block())
 """
 
 
-def _batch(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:
-    """``medseg-predict`` in a subprocess where importing MONAI, Hydra or OmegaConf fails."""
+def _batch(args: list[str], tmp_path: Path, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """``medseg-predict`` in a subprocess (working folder ``cwd``) where importing MONAI, Hydra or
+    OmegaConf fails."""
     site = tmp_path / "site"
     site.mkdir(exist_ok=True)
     (site / "sitecustomize.py").write_text(BLOCKER)
     env = {**os.environ, "PYTHONPATH": f"{site}{os.pathsep}{REPO}"}
     return subprocess.run([sys.executable, "-m", "medseg.inference.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
+                          timeout=600, cwd=cwd)
 
 
 def test_batch_command_without_monai_or_hydra_both_backends(artifact, tiny_dataset, tmp_path):
@@ -209,6 +210,51 @@ def test_dicom_input_writes_dicom_seg_referencing_the_series(artifact, tmp_path)
     (empty / "sub" / "notes.txt").write_text("no images here")
     proc = _batch([str(artifact), str(empty), str(tmp_path / "none")], tmp_path)
     assert proc.returncode == 2 and "no DICOM files" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_medseg_predict_takes_series_hints_and_a_mapping_for_dicom(artifact, tiny_dataset, tmp_path):
+    from medseg.data.synthetic import SynthConfig
+    from medseg.data.synthetic_formats import write_dicom_dataset
+
+    studies = write_dicom_dataset(tmp_path / "dicom", SynthConfig(n=1, n_test=0, spacing=4.0, seed=5,
+                                                                  tumour_free_fraction=0.0)) / "dicom"
+    proc = _batch([str(artifact), str(studies), str(tmp_path / "plain")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    plain = json.loads((tmp_path / "plain" / "predictions.json").read_text())["cases"][0]
+    assert plain["contrasts"]["FLAIR"]["reasons"][-1].endswith("agrees")
+    # a hint replaces the default of its channel only; the attributes still decide
+    proc = _batch([str(artifact), str(studies), str(tmp_path / "hinted"), "--series-pattern", "FLAIR=no such words"],
+                  tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    hinted = json.loads((tmp_path / "hinted" / "predictions.json").read_text())["cases"][0]
+    assert hinted["contrasts"]["FLAIR"]["reasons"][-1].endswith("matches no channel pattern")
+    assert hinted["contrasts"]["T2w"]["reasons"][-1].endswith("agrees")
+    assert {c: v["series_uid"] for c, v in hinted["contrasts"].items()} \
+        == {c: v["series_uid"] for c, v in plain["contrasts"].items()}
+    # a mapping (relative to the working folder) names the series, over the identification
+    uids = {c: v["series_uid"] for c, v in plain["contrasts"].items()}
+    (tmp_path / "map.json").write_text(json.dumps({plain["case"]: {**uids, "T2w": uids["FLAIR"], "FLAIR": uids["T2w"]}}))
+    proc = _batch([str(artifact), str(studies), str(tmp_path / "mapped"), "--series-map", "map.json"], tmp_path,
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    mapped = json.loads((tmp_path / "mapped" / "predictions.json").read_text())["cases"][0]
+    assert mapped["contrasts"]["T2w"]["series_uid"] == uids["FLAIR"]
+    assert mapped["contrasts"]["FLAIR"]["series_uid"] == uids["T2w"]
+    # mistakes are one line, exit 2, nothing written
+    for args, message in (
+            (["--series-pattern", "FLAIR=(unclosed"], "series pattern of channel 'FLAIR' is not a regular expression"),
+            (["--series-pattern", "ADC=adc"], "series patterns for ['ADC'], which are not channels of the model"),
+            (["--series-pattern", "flair"], "expected CHANNEL=REGEX"),
+            (["--series-map", "absent.json"], "absent.json: file not found"),
+    ):
+        proc = _batch([str(artifact), str(studies), str(tmp_path / "bad"), *args], tmp_path, cwd=tmp_path)
+        errors = [x for x in proc.stderr.splitlines() if not x.startswith("[")]  # the log lines aside
+        assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], (args, proc.stderr)
+        assert errors[0].startswith("medseg-predict: error: ")
+        assert not (tmp_path / "bad" / "predictions.json").exists()
+    proc = _batch([str(artifact), str(tiny_dataset / "imagesTs"), str(tmp_path / "nifti"), "--series-map", "map.json"],
+                  tmp_path, cwd=tmp_path)
+    assert proc.returncode == 2 and "series patterns and mappings choose DICOM series" in proc.stderr
 
 
 def test_memory_cap_refuses_a_case_clearly_and_bf16_agrees(artifact, tiny_dataset, tmp_path):

@@ -21,7 +21,8 @@ first, its SeriesDescription second:
   the same contrast, and name the contrast of a series whose attributes are inconclusive (no
   TR/TE); a description contradicting the attributes is noted and ignored.
 
-The mapping file (``data.series_mapping``) overrides all of this. Every chosen series carries its
+The mapping file (``data.series_mapping``) overrides all of this for the channels it names (the
+others are identified among the series it leaves). Every chosen series carries its
 reasons (the attributes that decided); two series left for one channel are reported naming both
 and the attributes that tie them.
 

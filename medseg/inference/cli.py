@@ -4,6 +4,7 @@
                    [--tta 0,1,2] [--overlap 0.5] [--threads N] [--pattern '*.nii.gz'] [--no-skip-existing]
                    [--uncertainty] [--no-calibrate] [--review|--no-review] [--viewer-case-mb MB] [--viewer-max-mb MB]
                    [--layout auto|nifti4d|brats2023|brats2021|nnunet|dicom] [--labels auto|msd|brats2021|brats2023]
+                   [--series-pattern CHANNEL=REGEX ...] [--series-map MAPPING.json]
 
 Every default is the one of :class:`medseg.config.InferenceConfig` / :class:`medseg.config.PredictConfig`
 (the same as ``medseg predict``). See :mod:`medseg.inference.runtime` for what it reads and writes.
@@ -44,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--labels", choices=[x.value for x in OutputCoding], default=pred.labels.value,
                    help="label coding of the outputs (auto: brats2023 for BraTS 2023 files, brats2021 for "
                    "BraTS 2021 folders, else msd)")
+    p.add_argument("--series-pattern", action="append", default=[], metavar="CHANNEL=REGEX",
+                   help="layout dicom: SeriesDescription hint of a channel (case-insensitive regular expression), "
+                   "replacing its default; repeatable")
+    p.add_argument("--series-map", metavar="MAPPING.json",
+                   help="layout dicom: JSON {case or StudyInstanceUID: {channel: SeriesInstanceUID or "
+                   "SeriesDescription}} choosing the series, over the identification")
     p.add_argument("--tta", default=",".join(str(a) for a in inf.tta_flips),
                    help="comma-separated axes to mirror, e.g. 0,1,2")
     p.add_argument("--overlap", type=float, default=inf.overlap)
@@ -87,6 +94,23 @@ def inference_config(args: argparse.Namespace) -> InferenceConfig:
         raise ConfigError(str(e)) from e
 
 
+def series_patterns(pairs: list[str]) -> dict[str, str]:
+    """``CHANNEL=REGEX`` arguments as a mapping.
+
+    Raises:
+        ConfigError: an argument without ``=`` or with an empty channel, or a channel given twice.
+    """
+    out: dict[str, str] = {}
+    for pair in pairs:
+        channel, sep, pattern = pair.partition("=")
+        if not sep or not channel.strip():
+            raise ConfigError(f"--series-pattern {pair!r}: expected CHANNEL=REGEX, e.g. FLAIR='flair|dark.?fluid'")
+        if channel.strip() in out:
+            raise ConfigError(f"--series-pattern names channel {channel.strip()!r} twice")
+        out[channel.strip()] = pattern
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     """``medseg-predict``: see the module docstring."""
     args = _parser().parse_args(argv)
@@ -94,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         inference = inference_config(args)
         art = load_artifact(args.artifact, load_module=args.backend == Backend.torch.value)
-        items, layout = discover_inputs(Path(args.input), args.layout, art.spec.channels, args.pattern)
+        items, layout = discover_inputs(Path(args.input), args.layout, art.spec.channels, args.pattern,
+                                        series_patterns(args.series_pattern), args.series_map)
         coding = output_coding(args.labels, layout, art.labels)
         items = shard_items(items, args.shard)
         predictor = build_predictor(inference, artifact=art, backend=args.backend)

@@ -1,18 +1,19 @@
 """Prediction inputs read from a dataset folder with a ``data`` source (any layout, DICOM studies
 too): ``medseg predict predict.source=data`` and the ``dicom`` input layout of ``medseg-predict``
-(:func:`dicom_inputs`: the DICOM source with its default contrast identification)."""
+(:func:`dicom_inputs`: the DICOM source's contrast identification, with its hints or a mapping
+file)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from medseg.config import DataConfig, SourceKind, choice
+from medseg.config import DEFAULT_SERIES_PATTERNS, DataConfig, SourceKind, choice
 from medseg.data.contrasts import identification_json, missing_files, stand_in, zero_channels
 from medseg.data.sources import CaseRef, build_source
-from medseg.errors import DataError
+from medseg.errors import ConfigError, DataError
 from medseg.inference.runtime import InputCase, Loaded
 
 
@@ -63,14 +64,28 @@ def with_stand_ins(ref: CaseRef, channels: Sequence[str]) -> CaseRef:
     return stand_in(ref, channels, missing)
 
 
-def dicom_inputs(inputs: Path, channels: Sequence[str]) -> list[InputCase]:
+def dicom_inputs(inputs: Path, channels: Sequence[str], series_patterns: Mapping[str, str] | None = None,
+                 series_mapping: str | Path | None = None) -> list[InputCase]:
     """The DICOM studies under ``inputs`` as cases (one per study): each of ``channels`` is the
-    series identified as that contrast by its acquisition attributes, with the default
-    SeriesDescription hints (:mod:`medseg.data.sources.dicom`; other patterns or a mapping file:
-    ``medseg predict predict.source=data data=dicom``).
+    series identified as that contrast by its acquisition attributes (:mod:`medseg.data.contrasts`).
+
+    Args:
+        inputs: folder of DICOM studies.
+        channels: the channels the model expects, in order.
+        series_patterns: SeriesDescription hints that replace the defaults
+            (:data:`medseg.config.DEFAULT_SERIES_PATTERNS`) channel by channel.
+        series_mapping: JSON file ``{case or StudyInstanceUID: {channel: SeriesInstanceUID or
+            SeriesDescription}}`` that overrides the identification.
 
     Raises:
-        DataError: no series is identified as any channel (naming the series found).
+        ConfigError: a pattern for a channel the model does not have, or not a regular expression.
+        DataError: no series is identified as any channel (naming the series found), or an
+            unreadable mapping file.
     """
-    cfg = DataConfig(source=SourceKind.dicom, root=str(inputs), channels=list(channels), label_dir=None)
+    unknown = sorted(set(series_patterns or {}) - set(channels))
+    if unknown:
+        raise ConfigError(f"series patterns for {unknown}, which are not channels of the model {list(channels)}")
+    cfg = DataConfig(source=SourceKind.dicom, root=str(inputs), channels=list(channels), label_dir=None,
+                     series_patterns={**DEFAULT_SERIES_PATTERNS, **(series_patterns or {})},
+                     series_mapping=str(Path(series_mapping).resolve()) if series_mapping else None)
     return dataset_inputs(cfg, inputs, channels)[0]

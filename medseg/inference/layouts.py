@@ -123,18 +123,23 @@ def detect_layout(inputs: Path) -> str:
     ``nifti4d``).
 
     Raises:
-        DataError: no NIfTI files, or files of more than one layout.
+        DataError: no NIfTI files and no DICOM files, or files of more than one layout (NIfTI
+            images beside DICOM files included: label files other than ``-seg``/``_seg`` would
+            otherwise be read as images).
     """
     if not inputs.is_dir():
         return "nifti4d"
     kinds: dict[str, list[Path]] = {}
     for f in nifti_files(inputs):
         kinds.setdefault(classify(f.name), []).append(f)
+    dicom = [f for f in walk_files(inputs) if not _NIFTI.search(f.name) and looks_like_dicom(f)]
     if not kinds:
-        if any(looks_like_dicom(f) for f in walk_files(inputs)):
+        if dicom:
             return "dicom"
         raise DataError(inputs, "no NIfTI files (*.nii.gz, *.nii) in the folder or its case folders, "
                                 "and no DICOM files under it")
+    if dicom:
+        kinds["dicom"] = dicom
     if len(kinds) > 1:
         found = "; ".join(f"{len(fs)} {k} file(s) such as {fs[0].relative_to(inputs)}"
                           for k, fs in sorted(kinds.items()))
@@ -282,7 +287,8 @@ def per_contrast_inputs(inputs: Path, layout: str, channels: Sequence[str]) -> l
     return items
 
 
-def discover_inputs(inputs: Path, layout: str, channels: Sequence[str], pattern: str = "*.nii.gz"
+def discover_inputs(inputs: Path, layout: str, channels: Sequence[str], pattern: str = "*.nii.gz",
+                    series_patterns: Mapping[str, str] | None = None, series_mapping: str | Path | None = None
                     ) -> tuple[list[InputCase], str]:
     """The cases of ``inputs`` in ``layout`` (``auto``: :func:`detect_layout`) and the layout used.
 
@@ -291,22 +297,26 @@ def discover_inputs(inputs: Path, layout: str, channels: Sequence[str], pattern:
         layout: an :class:`~medseg.config.InputLayout` value.
         channels: the artifact's channel names, in its order.
         pattern: ``nifti4d`` only: which files of the folder are cases.
+        series_patterns, series_mapping: ``dicom`` only: see :func:`~medseg.inference.datasets.dicom_inputs`.
 
     Raises:
         DataError: nothing to predict, or a folder mixing layouts (``auto``).
-        ConfigError: the model's channels cannot be found among the layout's contrasts.
+        ConfigError: the model's channels cannot be found among the layout's contrasts; DICOM
+            options for another layout.
     """
     if not inputs.exists():
         raise DataError(inputs, "input not found")
     if layout == InputLayout.auto.value:
         layout = detect_layout(inputs)
         log.info("%s: input layout %s", inputs, layout)
+    if (series_patterns or series_mapping) and layout != InputLayout.dicom.value:
+        raise ConfigError(f"series patterns and mappings choose DICOM series; {inputs} is read in the {layout} layout")
     if layout == InputLayout.nifti4d.value:
         return file_inputs(inputs, pattern, len(channels)), layout
     if layout == InputLayout.dicom.value:
         if not inputs.is_dir():
             raise DataError(inputs, "the dicom layout reads a folder of DICOM studies, not a file")
-        return dicom_inputs(inputs, channels), layout
+        return dicom_inputs(inputs, channels, series_patterns, series_mapping), layout
     if layout not in PER_CONTRAST:
         raise ConfigError(f"input layout {layout!r} is not known; valid: {[x.value for x in InputLayout]}")
     return per_contrast_inputs(inputs, layout, channels), layout

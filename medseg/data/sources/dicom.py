@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.config import DEFAULT_SERIES_PATTERNS
 from medseg.data.contrasts import choose, identification_record, identify_series, stand_in, zero_channels
 from medseg.data.io.dicom import SeriesInfo, looks_like_dicom, read_radiograph, read_series, scan
 from medseg.data.io.nifti import DEFAULT_MAX_VOXELS, read_nifti
@@ -31,16 +32,18 @@ from medseg.data.sources.base import Case, CaseRef, Source, align_to_grid, grid_
 from medseg.errors import ConfigError, DataError
 from medseg.utils.files import read_json
 
-#: Default SeriesDescription patterns of the four BraTS contrasts (MSD Task01 channel order): hints
-#: only (see :mod:`medseg.data.contrasts`), worded for Siemens, GE and Philips habits.
-_POST = r"(gd|gad|ce\b|c\+|\+c|post|contrast)"
-_T1 = r"(t1|mprage|tfe|spgr|bravo|vibe)"
-DEFAULT_SERIES_PATTERNS: dict[str, str] = {
-    "FLAIR": r"flair|dark.?fluid|tirm",
-    "T1w": rf"^(?!ce[\s_]).*?{_T1}(?!.*{_POST})",
-    "t1gd": rf"{_T1}.*{_POST}|^ce[\s_].*{_T1}",
-    "T2w": r"t2(?!.*(flair|\*|star|swi|dark.?fluid|tirm))",
-}
+
+
+def series_pattern(channel: str, pattern: str) -> re.Pattern[str]:
+    """``pattern`` compiled case-insensitively.
+
+    Raises:
+        ConfigError: not a regular expression (naming the channel).
+    """
+    try:
+        return re.compile(pattern, re.IGNORECASE)
+    except re.error as e:
+        raise ConfigError(f"series pattern of channel {channel!r} is not a regular expression: {pattern!r} ({e})") from e
 
 
 def _safe(name: str) -> str:
@@ -74,7 +77,8 @@ class DicomSource(Source):
         series_patterns: channel -> regular expression matched against SeriesDescription (a hint
             that breaks ties and names series whose attributes are inconclusive).
         series_mapping: optional JSON file ``{case or StudyInstanceUID: {channel: SeriesInstanceUID
-            or exact SeriesDescription}}`` taking precedence over the patterns.
+            or exact SeriesDescription}}``: the channels it names for a study are those series; the
+            others are identified among the series it leaves.
         label_dir: folder of NIfTI labels named ``{case}.nii.gz`` (relative to ``root`` or absolute).
         convention: label coding of the label files.
         max_voxels: refuse series whose headers promise more voxels than this (before decoding).
@@ -90,12 +94,8 @@ class DicomSource(Source):
                  **_: object) -> None:
         super().__init__(root, convention, max_voxels, affine_tol_mm)
         self.channels = tuple(str(c) for c in channels) or tuple(DEFAULT_SERIES_PATTERNS)
-        patterns = dict(series_patterns or {}) or {c: DEFAULT_SERIES_PATTERNS.get(c, re.escape(c))
-                                                   for c in self.channels}
-        missing = [c for c in self.channels if c not in patterns]
-        if missing:
-            raise ConfigError(f"data.series_patterns has no pattern for channels {missing}")
-        self.patterns = {c: re.compile(patterns[c], re.IGNORECASE) for c in self.channels}
+        patterns = {**DEFAULT_SERIES_PATTERNS, **(series_patterns or {})}
+        self.patterns = {c: series_pattern(c, patterns.get(c, re.escape(c))) for c in self.channels}
         self.mapping = self._read_mapping(series_mapping)
         self.label_dir = None
         if label_dir:
@@ -171,48 +171,44 @@ class DicomSource(Source):
                 ) -> tuple[list[SeriesInfo | None], dict[str, str], list[tuple], bool]:
         """Choose each channel's series: ``(chosen per channel, problems per channel, reasons of
         the chosen ones, whether any series was a candidate)``; ambiguities are problems, a channel
-        without any candidate is a problem keyed ``"missing:<channel>"``."""
-        mapping = self.mapping.get(name) or self.mapping.get(study_uid)
+        without any candidate is a problem keyed ``"missing:<channel>"``. A channel the mapping file
+        names for this study is the series it names (SeriesInstanceUID or exact description); the
+        others are identified among the series it leaves."""
+        mapping = self.mapping.get(name) or self.mapping.get(study_uid) or {}
         where = members[0].files[0].parent
         found = sorted({s.description for s in members})
-        if mapping is not None:
-            return self._from_mapping(name, mapping, members, where, found)
-        identified = identify_series(members, self.channels, self.patterns)
-        chosen: list[SeriesInfo | None] = []
+        chosen: dict[str, SeriesInfo | None] = {}
         problems: dict[str, str] = {}
-        reasons = []
-        for c in self.channels:
-            pick, why = choose(identified, c)
-            chosen.append(pick.series if pick else None)
+        reasons = {}
+        for c in (c for c in self.channels if c in mapping):
+            want = mapping[c]
+            hits = [s for s in members if want in (s.series_uid, s.description)]
+            chosen[c] = hits[0] if len(hits) == 1 else None
+            if len(hits) == 1:
+                reasons[c] = (c, hits[0].series_uid, hits[0].series_number, hits[0].description,
+                              (f"data.series_mapping names {want!r}",))
+            else:
+                what = "no series matches" if not hits else f"{len(hits)} series match"
+                problems[f"missing:{c}" if not hits else c] = (
+                    f"{where}: {what} channel {c!r} (mapping {want!r}) in study of {name}; "
+                    f"series descriptions found: {found}")
+        rest = [c for c in self.channels if c not in mapping]
+        taken = {s.series_uid for s in chosen.values() if s is not None}
+        identified = identify_series(members, self.channels, self.patterns) if rest else []
+        left = [x for x in identified if x.series.series_uid not in taken]
+        for c in rest:
+            pick, why = choose(left, c)
+            chosen[c] = pick.series if pick else None
             if pick is not None:
-                reasons.append(identification_record(c, pick))
+                reasons[c] = identification_record(c, pick)
             elif why.startswith("no series"):
                 seen = "; ".join(f"{x.label()}: {x.contrast or 'none'}" for x in identified)
                 problems[f"missing:{c}"] = (f"{where}: no series matches channel {c!r} in study of {name} "
                                             f"(identified: {seen}); series descriptions found: {found}")
             else:
                 problems[c] = f"{where}: channel {c!r} in study of {name}: {why}"
-        return chosen, problems, reasons, any(x.channel for x in identified)
-
-    def _from_mapping(self, name: str, mapping: dict[str, str], members: list[SeriesInfo], where: Path,
-                      found: list[str]) -> tuple[list[SeriesInfo | None], dict[str, str], list[tuple], bool]:
-        """Each channel's series as the mapping file names it (SeriesInstanceUID or exact description)."""
-        chosen: list[SeriesInfo | None] = []
-        problems: dict[str, str] = {}
-        reasons = []
-        for c in self.channels:
-            want = mapping.get(c)
-            hits = [s for s in members if want in (s.series_uid, s.description)]
-            if len(hits) == 1:
-                reasons.append((c, hits[0].series_uid, hits[0].series_number, hits[0].description,
-                                (f"data.series_mapping names {want!r}",)))
-            else:
-                what = "no series matches" if not hits else f"{len(hits)} series match"
-                key = f"missing:{c}" if not hits else c
-                problems[key] = (f"{where}: {what} channel {c!r} (mapping {want!r}) in study of {name}; "
-                                 f"series descriptions found: {found}")
-            chosen.append(hits[0] if len(hits) == 1 else None)
-        return chosen, problems, reasons, True
+        return ([chosen[c] for c in self.channels], problems, [reasons[c] for c in self.channels if c in reasons],
+                bool(mapping) or any(x.channel for x in identified))
 
     def check(self, ref: CaseRef) -> tuple[Case | None, list[str]]:
         """Build every channel's volume and list every problem."""
