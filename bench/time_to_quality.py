@@ -32,7 +32,9 @@ once): the table then gives per-seed figures and their mean, the curve the mean.
     .venv/bin/python bench/time_to_quality.py --from-json a.json,b.json   # one table of earlier runs
 
 ``--from-json`` measures nothing: it merges the ``--json`` files of earlier runs of this script on
-this machine (e.g. more seeds, added later) into one table and curve.
+this machine (e.g. more seeds, added later) into one table and curve; the header states the
+recorded data (cases, test cases, threads, epoch cap: recorded with each result since session 10,
+older files take the command's options), and files that differ in it are refused.
 """
 
 from __future__ import annotations
@@ -243,6 +245,11 @@ def main() -> None:
     thresholds = [float(t) for t in a.thresholds.split(",")]
     if a.from_json:
         results = merged([Path(x) for x in a.from_json.split(",") if x])
+        recorded = {json.dumps(r["setting"], sort_keys=True) for rows in results.values() for r in rows if "setting" in r}
+        if len(recorded) > 1:
+            raise SystemExit(f"time_to_quality: the files were measured on different data or caps: {sorted(recorded)}")
+        if recorded:  # the header states the runs' data, not this command's defaults
+            vars(a).update(json.loads(recorded.pop()))
         runs = [r for rows in results.values() for r in rows]
         budgets = sorted({r["budget"] for r in runs})
         seeds = sorted({r["seed"] for r in runs if r.get("seed") is not None}) or [None]
@@ -264,14 +271,24 @@ def main() -> None:
         a.json.write_text(json.dumps({"header": header, "results": results}, indent=1))
 
 
+def setting(a: argparse.Namespace) -> dict:
+    """What a run's numbers depend on besides arm, budget and seed (recorded with each result, so
+    that ``--from-json`` states it and refuses to merge runs that differ in it)."""
+    return {"cases": a.cases, "test_cases": a.test_cases, "threads": a.threads, "max_epochs": a.max_epochs}
+
+
+def _key(run: dict) -> tuple:
+    return run["budget"], run.get("seed"), json.dumps(run.get("setting"), sort_keys=True)
+
+
 def merged(paths: list[Path]) -> dict[str, list[dict]]:
     """The results of earlier runs' ``--json`` files, per arm in the order first seen; a run (arm,
     budget, seed) measured twice is refused."""
     results: dict[str, list[dict]] = {}
     for path in paths:
         for arm, rows in json.loads(path.read_text())["results"].items():
-            have = {(r["budget"], r.get("seed")) for r in results.get(arm, [])}
-            twice = [(r["budget"], r.get("seed")) for r in rows if (r["budget"], r.get("seed")) in have]
+            have = {_key(r) for r in results.get(arm, [])}
+            twice = [(r["budget"], r.get("seed")) for r in rows if _key(r) in have]
             if twice:
                 raise SystemExit(f"time_to_quality: {path}: {arm} at (budget, seed) {twice} is in another file too")
             results.setdefault(arm, []).extend(rows)
@@ -301,6 +318,7 @@ def measure(a: argparse.Namespace, budgets: list[float], seeds: list[int | None]
                     r = run_arm(arm, data, work / f"{arm.replace(' ', '_')}_{budget:.0f}_{seed}", budget, a.threads,
                                 a.max_epochs, seed if ARMS[arm][0] == "medseg" else None)
                     r["budget"], r["seed"] = budget, seed
+                    r["setting"] = setting(a)
                     results[arm].append(r)
                     print(f"{arm} at {budget:.0f} s, seed {seed}: test mean Dice {r['test_mean_dice']:.3f}, "
                           f"{r['iterations']} iterations ({r['stopped_by']})", file=sys.stderr)
