@@ -10,7 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from medseg.config import DEFAULT_SERIES_PATTERNS, DataConfig, SourceKind, choice
+from medseg.config import DataConfig, SourceKind, choice
 from medseg.data.contrasts import identification_json, missing_files, stand_in, zero_channels
 from medseg.data.sources import CaseRef, build_source
 from medseg.errors import ConfigError, DataError
@@ -86,6 +86,6 @@ def dicom_inputs(inputs: Path, channels: Sequence[str], series_patterns: Mapping
     if unknown:
         raise ConfigError(f"series patterns for {unknown}, which are not channels of the model {list(channels)}")
     cfg = DataConfig(source=SourceKind.dicom, root=str(inputs), channels=list(channels), label_dir=None,
-                     series_patterns={**DEFAULT_SERIES_PATTERNS, **(series_patterns or {})},
+                     series_patterns=dict(series_patterns or {}),  # the source fills in the defaults
                      series_mapping=str(Path(series_mapping).resolve()) if series_mapping else None)
     return dataset_inputs(cfg, inputs, channels)[0]

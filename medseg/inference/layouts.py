@@ -132,14 +132,15 @@ def detect_layout(inputs: Path) -> str:
     kinds: dict[str, list[Path]] = {}
     for f in nifti_files(inputs):
         kinds.setdefault(classify(f.name), []).append(f)
-    dicom = [f for f in walk_files(inputs) if not _NIFTI.search(f.name) and looks_like_dicom(f)]
+    dicom = (f for f in walk_files(inputs) if not _NIFTI.search(f.name) and looks_like_dicom(f))
     if not kinds:
-        if dicom:
+        if next(dicom, None) is not None:  # one file tells; scanning them all is the source's work
             return "dicom"
         raise DataError(inputs, "no NIfTI files (*.nii.gz, *.nii) in the folder or its case folders, "
                                 "and no DICOM files under it")
-    if dicom:
-        kinds["dicom"] = dicom
+    dicom_files = list(dicom)
+    if dicom_files:
+        kinds["dicom"] = dicom_files
     if len(kinds) > 1:
         found = "; ".join(f"{len(fs)} {k} file(s) such as {fs[0].relative_to(inputs)}"
                           for k, fs in sorted(kinds.items()))
