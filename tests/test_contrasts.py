@@ -20,6 +20,7 @@ from medseg.data.sources.base import walk_files
 from medseg.data.synthetic import SynthConfig
 from medseg.data.synthetic_formats import CONTRAST_AGENT, DICOM_STYLES, write_dicom_dataset
 from medseg.data.verify import verify_dataset
+from medseg.errors import DataError
 
 SMALL = SynthConfig(n=6, n_test=0, spacing=12.0, fov_mm=(96.0, 108.0, 84.0), seed=1, tumour_free_fraction=0.0)
 #: series number of each channel in the built-in studies (1 is the localiser)
@@ -146,6 +147,27 @@ def test_a_mapping_that_names_one_channel_leaves_the_others_identified(studies, 
     mapping.write_text(json.dumps({"SUBJ006": {"FLAIR": before["T2w"][0]}}))
     ref = next(r for r in make_source("dicom", str(root), series_mapping=str(mapping)).cases() if r.name == "SUBJ006")
     assert len(ref.problems) == 1 and "no series matches channel 'T2w' in study of SUBJ006" in ref.problems[0]
+    assert ref.problems[0].count("(named for another channel by the mapping)") == 1
+
+
+def test_a_mapping_is_held_to_its_word(studies, tmp_path):
+    """A key that is not a channel is refused; a named series that is absent is an error even where
+    channels may be missing (predict), and problems come in channel order."""
+    root = shutil.copytree(studies, tmp_path / "dcm")
+    mapping = root / "mapping.json"
+    mapping.write_text(json.dumps({"SUBJ006": {"flair": "AX FLAIR"}}))
+    with pytest.raises(DataError, match=r"mapping.json: series mapping names 1 channel\(s\) that are not among "
+                                        r"\['FLAIR', 'T1w', 't1gd', 'T2w'\]: \[\"SUBJ006: 'flair'\"\]"):
+        make_source("dicom", str(root), series_mapping=str(mapping))
+    _copy_series(root, "SUBJ006", "SE002", 9)  # FLAIR ambiguous, and T2w mapped to a series not there
+    mapping.write_text(json.dumps({"SUBJ006": {"T2w": "1.2.3.4"}}))
+    src = make_source("dicom", str(root), series_mapping=str(mapping))
+    src.allow_missing = True
+    ref = next(r for r in src.cases() if r.name == "SUBJ006")
+    assert not ref.missing and len(ref.problems) == 2
+    assert "channel 'FLAIR'" in ref.problems[0] and "2 series are candidates" in ref.problems[0]
+    assert "no series matches channel 'T2w' (data.series_mapping names '1.2.3.4')" in ref.problems[1]
+    assert src.check(ref)[0] is None
 
 
 def test_two_t1_without_any_agent_are_an_ambiguity_that_says_so(studies, tmp_path):

@@ -78,7 +78,8 @@ class DicomSource(Source):
             that breaks ties and names series whose attributes are inconclusive).
         series_mapping: optional JSON file ``{case or StudyInstanceUID: {channel: SeriesInstanceUID
             or exact SeriesDescription}}``: the channels it names for a study are those series; the
-            others are identified among the series it leaves.
+            others are identified among the series it leaves. A key that is not one of
+            ``channels`` is refused (``DataError``).
         label_dir: folder of NIfTI labels named ``{case}.nii.gz`` (relative to ``root`` or absolute).
         convention: label coding of the label files.
         max_voxels: refuse series whose headers promise more voxels than this (before decoding).
@@ -114,7 +115,12 @@ class DicomSource(Source):
         data = read_json(p)
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
             raise DataError(p, "series mapping must be {case: {channel: SeriesInstanceUID or SeriesDescription}}")
-        return {str(k): {str(c): str(s) for c, s in v.items()} for k, v in data.items()}
+        mapping = {str(k): {str(c): str(s) for c, s in v.items()} for k, v in data.items()}
+        unknown = {f"{case}: {c!r}" for case, named in mapping.items() for c in named if c not in self.channels}
+        if unknown:  # e.g. "flair" for "FLAIR": ignoring it would silently fall back to identification
+            raise DataError(p, f"series mapping names {len(unknown)} channel(s) that are not among "
+                               f"{list(self.channels)}: {sorted(unknown)[:5]}")
+        return mapping
 
     def cases(self) -> list[CaseRef]:
         """One case per study; studies with no series identified as any channel are ignored."""
@@ -172,8 +178,9 @@ class DicomSource(Source):
         """Choose each channel's series: ``(chosen per channel, problems per channel, reasons of
         the chosen ones, whether any series was a candidate)``; ambiguities are problems, a channel
         without any candidate is a problem keyed ``"missing:<channel>"``. A channel the mapping file
-        names for this study is the series it names (SeriesInstanceUID or exact description); the
-        others are identified among the series it leaves."""
+        names for this study is the series it names (SeriesInstanceUID or exact description), and
+        an error when that series is not in the study (never a missing channel); the others are
+        identified among the series it leaves. Problems come in channel order."""
         mapping = self.mapping.get(name) or self.mapping.get(study_uid) or {}
         where = members[0].files[0].parent
         found = sorted({s.description for s in members})
@@ -187,11 +194,10 @@ class DicomSource(Source):
             if len(hits) == 1:
                 reasons[c] = (c, hits[0].series_uid, hits[0].series_number, hits[0].description,
                               (f"data.series_mapping names {want!r}",))
-            else:
+            else:  # an error even when channels may be missing: the mapping promised this series
                 what = "no series matches" if not hits else f"{len(hits)} series match"
-                problems[f"missing:{c}" if not hits else c] = (
-                    f"{where}: {what} channel {c!r} (mapping {want!r}) in study of {name}; "
-                    f"series descriptions found: {found}")
+                problems[c] = (f"{where}: {what} channel {c!r} (data.series_mapping names {want!r}) "
+                               f"in study of {name}; series descriptions found: {found}")
         rest = [c for c in self.channels if c not in mapping]
         taken = {s.series_uid for s in chosen.values() if s is not None}
         identified = identify_series(members, self.channels, self.patterns) if rest else []
@@ -202,13 +208,17 @@ class DicomSource(Source):
             if pick is not None:
                 reasons[c] = identification_record(c, pick)
             elif why.startswith("no series"):
-                seen = "; ".join(f"{x.label()}: {x.contrast or 'none'}" for x in identified)
+                seen = "; ".join(f"{x.label()}: {x.contrast or 'none'}"
+                                 + (" (named for another channel by the mapping)"
+                                    if x.series.series_uid in taken else "") for x in identified)
                 problems[f"missing:{c}"] = (f"{where}: no series matches channel {c!r} in study of {name} "
                                             f"(identified: {seen}); series descriptions found: {found}")
             else:
                 problems[c] = f"{where}: channel {c!r} in study of {name}: {why}"
+        order = {k: i for i, c in enumerate(self.channels) for k in (c, f"missing:{c}")}
+        problems = dict(sorted(problems.items(), key=lambda kv: order[kv[0]]))
         return ([chosen[c] for c in self.channels], problems, [reasons[c] for c in self.channels if c in reasons],
-                bool(mapping) or any(x.channel for x in identified))
+                any(c in mapping for c in self.channels) or any(x.channel for x in identified))
 
     def check(self, ref: CaseRef) -> tuple[Case | None, list[str]]:
         """Build every channel's volume and list every problem."""
