@@ -148,7 +148,10 @@ def test_xray_source_reads_every_variant(tmp_path):
 def test_source_options_are_plain_for_typed_and_dict_configs(tmp_path):
     from omegaconf import OmegaConf
 
-    from medseg.config import DataConfig, DataConvention, SourceKind
+    from dataclasses import replace
+
+    from medseg.config import DEFAULT_SERIES_PATTERNS, DataConfig, DataConvention, SourceKind
+    from medseg.data.cache import cache_key
     from medseg.data.sources import SOURCE_KEYS, BraTSSource, build_source, source_options
 
     data = DataConfig(source=SourceKind.brats, root=str(tmp_path / "elsewhere"), convention=DataConvention.auto,
@@ -156,7 +159,13 @@ def test_source_options_are_plain_for_typed_and_dict_configs(tmp_path):
     options = source_options(data)
     assert options == source_options(OmegaConf.structured(data))
     assert options["convention"] == "auto" and type(options["convention"]) is str
-    assert options["channels"] == ["a", "b"] and set(options) == set(SOURCE_KEYS) - {"source"}
+    # only the options a BraTS source takes: its channels come from the release, DICOM hints are not
+    # its concern (and cannot change its cache key)
+    assert set(options) == {"convention", "max_voxels", "affine_tol_mm"} < set(SOURCE_KEYS)
+    assert cache_key(options) == cache_key(source_options(replace(data, series_patterns={"FLAIR": "x"})))
+    dicom = source_options(replace(data, source=SourceKind.dicom))
+    assert dicom["channels"] == ["a", "b"] and dicom["series_patterns"] == DEFAULT_SERIES_PATTERNS
+    assert {"patterns", "datalist", "mask_dir"}.isdisjoint(dicom)
     root = write_brats_dataset(tmp_path / "brats", CFG, "brats2023", workers=1)
     src = build_source(data, root=root)  # the data settings over another folder
     assert isinstance(src, BraTSSource) and src.release == "brats2023" and len(src.cases()) == CFG.n

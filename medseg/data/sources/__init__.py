@@ -16,6 +16,7 @@ xray      2D CR/DX DICOM radiographs with PNG/NIfTI masks
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from enum import Enum
 from pathlib import Path
@@ -46,8 +47,9 @@ def make_source(kind: str, root: str, **kwargs: Any) -> Source:
     return cls(root, **kwargs)
 
 
-#: ``data`` keys that change what a source reads (all but ``source`` are passed to it; every one is
-#: part of the cache keys of ``prepare``).
+#: ``data`` keys that change what a source reads (those its constructor names are passed to it and
+#: are part of the cache keys of ``prepare``; the others, e.g. DICOM series hints for a NIfTI
+#: source, are left out, so that changing them cannot invalidate its cache).
 SOURCE_KEYS = ("source", "convention", "channels", "patterns", "label_pattern", "datalist", "series_patterns",
                "series_mapping", "label_dir", "slice_gap_tol_mm", "resample_channels", "mask_dir", "voi_lut",
                "max_voxels", "affine_tol_mm")
@@ -60,8 +62,10 @@ def source_options(data_cfg: Any) -> dict[str, Any]:
     Args:
         data_cfg: the ``data`` section (:class:`~medseg.config.DataConfig` or a DictConfig).
     """
+    kind = str(getattr(getattr(data_cfg, "source", None), "value", getattr(data_cfg, "source", None)))
+    taken = _parameters(SOURCES[kind]) if kind in SOURCES else set(SOURCE_KEYS)
     options = {}
-    for key in SOURCE_KEYS[1:]:
+    for key in (k for k in SOURCE_KEYS[1:] if k in taken):
         try:
             options[key] = _plain_value(getattr(data_cfg, key))
         except (AttributeError, KeyError):  # a partial config: the source's default applies
@@ -78,6 +82,16 @@ def build_source(data_cfg: Any, root: str | Path | None = None) -> Source:
     """
     kind = str(getattr(data_cfg.source, "value", data_cfg.source))
     return make_source(kind, str(data_cfg.root if root is None else root), **source_options(data_cfg))
+
+
+def _parameters(cls: type[Source]) -> set[str]:
+    """Names of the keyword parameters of a source's constructor (``**_`` aside).
+
+    >>> sorted(_parameters(BraTSSource))
+    ['affine_tol_mm', 'convention', 'max_voxels', 'root']
+    """
+    return {n for n, p in inspect.signature(cls.__init__).parameters.items()
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
 
 
 def _plain_value(value: Any) -> Any:
