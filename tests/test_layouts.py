@@ -131,9 +131,28 @@ def test_a_folder_of_dicom_files_is_the_dicom_layout(tmp_path):
         discover_inputs(scanner / "IM0001", InputLayout.dicom.value, CHANNELS)
     # a mask saved as NIfTI beside the study, not named -seg: neither layout is guessed
     nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)), tmp_path / "export" / "mask.nii.gz")
-    with pytest.raises(DataError, match=r"mixes input layouts \(1 dicom file\(s\) such as DICOM/0001/IM0001; "
-                                        r"1 nifti4d file\(s\) such as mask.nii.gz\)"):
+    with pytest.raises(DataError, match=r"mixes input layouts \(1 nifti4d file\(s\) such as mask.nii.gz; "
+                                        r"DICOM images such as DICOM/0001/IM0001\)"):
         detect_layout(tmp_path / "export")
+
+
+def test_dicom_objects_without_an_image_beside_nifti_are_not_a_second_layout(data, tmp_path):
+    """A DICOMDIR index, an RT structure set, a structured report or a corrupt file named .dcm in a
+    NIfTI folder (a delivery's extras) leave the layout alone; one DICOM image at any depth does not."""
+    from pydicom.data import get_testdata_file
+
+    folder = shutil.copytree(data["brats2023_folders"], tmp_path / "brats")
+    case = next(p for p in folder.iterdir() if p.is_dir())
+    (case / "extras" / "deep").mkdir(parents=True)
+    shutil.copy(get_testdata_file("DICOMDIR"), folder / "DICOMDIR")
+    shutil.copy(get_testdata_file("rtstruct.dcm"), case / "extras" / "structures.dcm")
+    shutil.copy(get_testdata_file("test-SR.dcm"), case / "extras" / "deep" / "report")
+    (case / "extras" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"junk")
+    assert detect_layout(folder) == "brats2023"
+    shutil.copy(get_testdata_file("MR_small.dcm"), case / "extras" / "deep" / "IM0001")
+    with pytest.raises(DataError, match=r"brats2023 file\(s\) such as .*; DICOM images such as "
+                                        rf"{case.name}/extras/deep/IM0001\)"):
+        detect_layout(folder)
 
 
 def test_a_folder_mixing_layouts_is_refused_in_one_line(data, artifact, tmp_path, capsys):

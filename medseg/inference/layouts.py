@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from medseg.config import InputLayout, OutputCoding
-from medseg.data.io.dicom import looks_like_dicom
+from medseg.data.io.dicom import is_dicom_image, looks_like_dicom
 from medseg.data.io.nifti import read_header
 from medseg.data.labels import INTERNAL_LABELS, LabelSpec, five_label_coding
 from medseg.data.sources.base import Case, CaseRef, Source, check_nifti_case, walk_files
@@ -124,26 +124,26 @@ def detect_layout(inputs: Path) -> str:
 
     Raises:
         DataError: no NIfTI files and no DICOM files, or files of more than one layout (NIfTI
-            images beside DICOM files included: label files other than ``-seg``/``_seg`` would
-            otherwise be read as images).
+            images beside DICOM images included: label files other than ``-seg``/``_seg`` would
+            otherwise be read as images; DICOM objects that hold no image, such as a DICOMDIR,
+            a SEG or an RTSTRUCT, do not count).
     """
     if not inputs.is_dir():
         return "nifti4d"
     kinds: dict[str, list[Path]] = {}
     for f in nifti_files(inputs):
         kinds.setdefault(classify(f.name), []).append(f)
-    dicom = (f for f in walk_files(inputs) if not _NIFTI.search(f.name) and looks_like_dicom(f))
+    others = (f for f in walk_files(inputs) if not _NIFTI.search(f.name))
     if not kinds:
-        if next(dicom, None) is not None:  # one file tells; scanning them all is the source's work
+        if any(looks_like_dicom(f) for f in others):  # one file tells; scanning them all is the source's work
             return "dicom"
         raise DataError(inputs, "no NIfTI files (*.nii.gz, *.nii) in the folder or its case folders, "
                                 "and no DICOM files under it")
-    dicom_files = list(dicom)
-    if dicom_files:
-        kinds["dicom"] = dicom_files
-    if len(kinds) > 1:
-        found = "; ".join(f"{len(fs)} {k} file(s) such as {fs[0].relative_to(inputs)}"
-                          for k, fs in sorted(kinds.items()))
+    image = next((f for f in others if is_dicom_image(f)), None)  # headers read until the first image
+    if len(kinds) > 1 or image is not None:
+        found = "; ".join([f"{len(fs)} {k} file(s) such as {fs[0].relative_to(inputs)}"
+                           for k, fs in sorted(kinds.items())]
+                          + ([f"DICOM images such as {image.relative_to(inputs)}"] if image else []))
         raise DataError(inputs, f"mixes input layouts ({found}); keep one layout per folder, or name one "
                                 f"with --layout / predict.layout")
     layout, files = next(iter(kinds.items()))

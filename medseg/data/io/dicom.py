@@ -201,6 +201,20 @@ def looks_like_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM" or path.suffix.lower() in {".dcm", ".dicom", ".ima"}
 
 
+def is_dicom_image(path: Path) -> bool:
+    """A readable DICOM file that holds an image (not a DICOMDIR index, a segmentation, a
+    structured report, an RT object, ...): what :func:`scan` would make a series of."""
+    if not looks_like_dicom(path):
+        return False
+    try:
+        ds = read_header(path)
+    except DataError:
+        return False
+    meta_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
+    return (meta_class != MEDIA_STORAGE_DIRECTORY and "Rows" in ds
+            and str(ds.get("Modality", "")) not in _NON_IMAGE_MODALITIES)
+
+
 def check_decodable(ds: Dataset, path: Path) -> None:
     """Refuse compressed pixel data that no installed decoder can read (naming the packages)."""
     uid = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
