@@ -244,12 +244,11 @@ def main() -> None:
     a = p.parse_args()
     thresholds = [float(t) for t in a.thresholds.split(",")]
     if a.from_json:
-        results = merged([Path(x) for x in a.from_json.split(",") if x])
-        recorded = {json.dumps(r["setting"], sort_keys=True) for rows in results.values() for r in rows if "setting" in r}
+        results = merged([Path(x) for x in a.from_json.split(",") if x], setting(a))
+        recorded = {json.dumps(r["setting"], sort_keys=True) for rows in results.values() for r in rows}
         if len(recorded) > 1:
             raise SystemExit(f"time_to_quality: the files were measured on different data or caps: {sorted(recorded)}")
-        if recorded:  # the header states the runs' data, not this command's defaults
-            vars(a).update(json.loads(recorded.pop()))
+        vars(a).update(json.loads(recorded.pop()))  # the header states the runs' data
         runs = [r for rows in results.values() for r in rows]
         budgets = sorted({r["budget"] for r in runs})
         seeds = sorted({r["seed"] for r in runs if r.get("seed") is not None}) or [None]
@@ -277,18 +276,16 @@ def setting(a: argparse.Namespace) -> dict:
     return {"cases": a.cases, "test_cases": a.test_cases, "threads": a.threads, "max_epochs": a.max_epochs}
 
 
-def _key(run: dict) -> tuple:
-    return run["budget"], run.get("seed"), json.dumps(run.get("setting"), sort_keys=True)
-
-
-def merged(paths: list[Path]) -> dict[str, list[dict]]:
-    """The results of earlier runs' ``--json`` files, per arm in the order first seen; a run (arm,
-    budget, seed) measured twice is refused."""
+def merged(paths: list[Path], default: dict) -> dict[str, list[dict]]:
+    """The results of earlier runs' ``--json`` files, per arm in the order first seen; a result
+    without its recorded setting (files before session 10) takes ``default`` (the command's
+    options); a run (arm, budget, seed) measured twice is refused, whatever its setting."""
     results: dict[str, list[dict]] = {}
     for path in paths:
         for arm, rows in json.loads(path.read_text())["results"].items():
-            have = {_key(r) for r in results.get(arm, [])}
-            twice = [(r["budget"], r.get("seed")) for r in rows if _key(r) in have]
+            rows = [{**r, "setting": r.get("setting", default)} for r in rows]
+            have = {(r["budget"], r.get("seed")) for r in results.get(arm, [])}
+            twice = [(r["budget"], r.get("seed")) for r in rows if (r["budget"], r.get("seed")) in have]
             if twice:
                 raise SystemExit(f"time_to_quality: {path}: {arm} at (budget, seed) {twice} is in another file too")
             results.setdefault(arm, []).extend(rows)

@@ -98,10 +98,10 @@ def run_medseg(data: Path, work: Path, budget: float, threads: int, extra: list[
 def test_cases(metrics: Path) -> dict[str, dict[str, list[float]]]:
     """Per test case and region of ``evaluate``'s ``metrics.json``: [Dice, reference volume in ml]
     (volume 0: the region is absent from the reference, scored 1 if the prediction is empty too,
-    else 0: the BraTS convention)."""
+    else 0: the BraTS convention). Every scored case, those whose prediction failed (scored as an
+    empty prediction) included, as in the summary's mean."""
     cases = json.loads(metrics.read_text())["cases"]
-    return {c["case"]: {r: [c[r]["dice"], c[r]["volume_ref_ml"]] for r in REGIONS} for c in cases
-            if c.get("status") == "ok"}
+    return {c["case"]: {r: [c[r]["dice"], c[r]["volume_ref_ml"]] for r in REGIONS} for c in cases}
 
 
 def _regions(label):

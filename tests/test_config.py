@@ -76,3 +76,8 @@ def test_every_data_source_composes_and_builds_its_source(group, tmp_path):
         cfg = _compose(["data=dicom", f"data.root={tmp_path}", "data.series_patterns.FLAIR=dark"])
         source = DicomSource(tmp_path, cfg.data.channels, cfg.data.series_patterns)
         assert source.patterns["FLAIR"].pattern == "dark" and source.patterns["T2w"].search("T2 TSE AX")
+        from medseg.errors import ConfigError
+
+        cfg = _compose(["data=dicom", f"data.root={tmp_path}", "data.series_patterns.FLAIR=''"])
+        with pytest.raises(ConfigError, match="series pattern of channel 'FLAIR' is empty: it would match every"):
+            DicomSource(tmp_path, cfg.data.channels, cfg.data.series_patterns)

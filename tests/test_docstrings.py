@@ -26,4 +26,6 @@ def test_the_examples_are_found():
 def test_docstring_examples_run(name):
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    found = sum(len(t.examples) for t in doctest.DocTestFinder().find(module))
+    assert found > 0, f"{name}: its >>> examples are not found by doctest (not in a docstring?)"
     assert result.failed == 0, f"{name}: {result.failed} of {result.attempted} docstring examples failed"

@@ -240,12 +240,23 @@ def test_medseg_predict_takes_series_hints_and_a_mapping_for_dicom(artifact, tin
     mapped = json.loads((tmp_path / "mapped" / "predictions.json").read_text())["cases"][0]
     assert mapped["contrasts"]["T2w"]["series_uid"] == uids["FLAIR"]
     assert mapped["contrasts"]["FLAIR"]["series_uid"] == uids["T2w"]
+    # a mapping that names one channel: the others are identified as without it
+    (tmp_path / "one.json").write_text(json.dumps({plain["case"]: {"T1w": plain["contrasts"]["T1w"]["series_uid"]}}))
+    proc = _batch([str(artifact), str(studies), str(tmp_path / "one"), "--series-map", "one.json"], tmp_path,
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((tmp_path / "one" / "predictions.json").read_text())["cases"][0]
+    assert {c: v["series_uid"] for c, v in one["contrasts"].items()} == uids
+    assert [c for c, v in one["contrasts"].items() if v["reasons"][0].startswith("data.series_mapping")] == ["T1w"]
     # mistakes are one line, exit 2, nothing written
+    (tmp_path / "lower.json").write_text(json.dumps({plain["case"]: {"flair": uids["FLAIR"]}}))
     for args, message in (
             (["--series-pattern", "FLAIR=(unclosed"], "series pattern of channel 'FLAIR' is not a regular expression"),
             (["--series-pattern", "ADC=adc"], "series patterns for ['ADC'], which are not channels of the model"),
             (["--series-pattern", "flair"], "expected CHANNEL=REGEX"),
+            (["--series-pattern", "FLAIR="], "expected CHANNEL=REGEX"),
             (["--series-map", "absent.json"], "absent.json: file not found"),
+            (["--series-map", "lower.json"], "lower.json: series mapping names 1 channel(s) that are not among"),
     ):
         proc = _batch([str(artifact), str(studies), str(tmp_path / "bad"), *args], tmp_path, cwd=tmp_path)
         errors = [x for x in proc.stderr.splitlines() if not x.startswith("[")]  # the log lines aside

@@ -98,12 +98,13 @@ def series_patterns(pairs: list[str]) -> dict[str, str]:
     """``CHANNEL=REGEX`` arguments as a mapping.
 
     Raises:
-        ConfigError: an argument without ``=`` or with an empty channel, or a channel given twice.
+        ConfigError: an argument without ``=``, with an empty channel or pattern (an empty pattern
+            would match every series), or a channel given twice.
     """
     out: dict[str, str] = {}
     for pair in pairs:
         channel, sep, pattern = pair.partition("=")
-        if not sep or not channel.strip():
+        if not sep or not channel.strip() or not pattern.strip():
             raise ConfigError(f"--series-pattern {pair!r}: expected CHANNEL=REGEX, e.g. FLAIR='flair|dark.?fluid'")
         if channel.strip() in out:
             raise ConfigError(f"--series-pattern names channel {channel.strip()!r} twice")

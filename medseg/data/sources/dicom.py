@@ -38,8 +38,12 @@ def series_pattern(channel: str, pattern: str) -> re.Pattern[str]:
     """``pattern`` compiled case-insensitively.
 
     Raises:
-        ConfigError: not a regular expression (naming the channel).
+        ConfigError: not a regular expression, or one that matches every description (empty),
+            naming the channel.
     """
+    if not str(pattern).strip():
+        raise ConfigError(f"series pattern of channel {channel!r} is empty: it would match every series "
+                          f"description; give a regular expression, e.g. {channel}='{channel.lower()}'")
     try:
         return re.compile(pattern, re.IGNORECASE)
     except re.error as e:

@@ -1,0 +1,101 @@
+"""The arithmetic of the benchmark scripts whose figures go into docs/performance.md: where the
+time-to-quality test Dice is lost, the per-case results it is computed from, and the merging of
+earlier runs' files (duplicates and differing data refused). Nothing here trains or times anything."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench"
+sys.path.insert(0, str(BENCH))
+
+import time_to_quality as ttq  # noqa: E402
+from train_vs_monai import REGIONS, test_cases as read_test_cases  # noqa: E402
+
+SETTING = {"cases": 44, "test_cases": 24, "threads": 2, "max_epochs": 200}
+
+
+def _case(whole, core, enhancing):
+    """Per region [Dice, reference ml] of one case."""
+    return dict(zip(REGIONS, (whole, core, enhancing)))
+
+
+def _run(budget, seed, cases=None, setting=SETTING, mean=0.8):
+    run = {"budget": budget, "seed": seed, "test_mean_dice": mean, "dice": {r: mean for r in REGIONS},
+           "val_curve": [[budget / 2, mean - 0.1], [budget, mean]], "val_final": mean, "iterations": 100,
+           "stopped_by": "budget", "seconds": budget}
+    if cases is not None:
+        run["cases"] = cases
+    if setting is not None:
+        run["setting"] = setting
+    return run
+
+
+def test_the_loss_split_adds_up_to_what_the_test_mean_misses():
+    # case a: all regions present; case b: tumour-free, predicted empty (1) except a false enhancing
+    # region (0); case c: a non-enhancing tumour whose absent enhancing region is predicted empty
+    cases = {"a": _case([0.9, 10.0], [0.6, 4.0], [0.3, 1.0]),
+             "b": _case([1.0, 0.0], [1.0, 0.0], [0.0, 0.0]),
+             "c": _case([0.8, 5.0], [0.5, 2.0], [1.0, 0.0])}
+    mean = sum(d for case in cases.values() for d, _ in case.values()) / 9
+    present, absent, right, total = ttq.losses({"cases": cases})
+    assert present == pytest.approx((0.1 + 0.4 + 0.7 + 0.2 + 0.5) / 9)
+    assert absent == pytest.approx(1.0 / 9)
+    assert (right, total) == (3, 4)
+    assert present + absent == pytest.approx(1 - mean)
+    assert ttq.losses({"cases": {}}) is None and ttq.losses({}) is None
+
+
+def test_per_case_results_keep_the_failed_cases_the_mean_scores(tmp_path):
+    """A case whose prediction failed is scored as an empty prediction and counted in the summary's
+    mean: it stays in the per-case results, so the loss split sums to 1 - mean."""
+    regions = {r: {"dice": 0.5, "volume_ref_ml": 2.0} for r in REGIONS}
+    failed = {r: {"dice": 0.0, "volume_ref_ml": 3.0} for r in REGIONS}
+    (tmp_path / "metrics.json").write_text(json.dumps({"cases": [
+        {"case": "ok_case", "status": "ok", **regions}, {"case": "lost", "status": "failed", **failed}]}))
+    cases = read_test_cases(tmp_path / "metrics.json")
+    assert cases == {"ok_case": {r: [0.5, 2.0] for r in REGIONS}, "lost": {r: [0.0, 3.0] for r in REGIONS}}
+    present, absent, _, _ = ttq.losses({"cases": cases})
+    assert present + absent == pytest.approx(1 - 0.25)
+
+
+def test_merged_files_take_the_command_setting_where_none_is_recorded_and_refuse_a_run_twice(tmp_path):
+    old = tmp_path / "old.json"  # before session 10: no setting recorded
+    old.write_text(json.dumps({"results": {"medseg wsd": [_run(400, 0, setting=None)]}}))
+    new = tmp_path / "new.json"
+    new.write_text(json.dumps({"results": {"medseg wsd": [_run(600, 0)], "medseg epochs": [_run(400, 0)]}}))
+    results = ttq.merged([old, new], SETTING)
+    assert [(r["budget"], r["setting"]) for r in results["medseg wsd"]] == [(400, SETTING), (600, SETTING)]
+    again = tmp_path / "again.json"  # the same (arm, budget, seed), this time with a setting
+    again.write_text(json.dumps({"results": {"medseg wsd": [_run(400, 0)]}}))
+    with pytest.raises(SystemExit, match=r"again.json: medseg wsd at \(budget, seed\) \[\(400, 0\)\] is in another"):
+        ttq.merged([old, again], SETTING)
+
+
+def _from_json(tmp_path, *files, extra=()):
+    return subprocess.run([sys.executable, str(BENCH / "time_to_quality.py"), "--from-json", ",".join(map(str, files)),
+                           "--png", str(tmp_path / "curve.png"), *extra], capture_output=True, text=True)
+
+
+def test_from_json_states_the_recorded_data_and_refuses_files_that_differ(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"results": {"medseg wsd": [_run(400, 0, mean=0.85)]}}))
+    b.write_text(json.dumps({"results": {"medseg wsd": [_run(600, 0, mean=0.88)]}}))
+    proc = _from_json(tmp_path, a, b)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "44 built-in cases (20 train+val, 24 test), budgets 400, 600 s; medseg max_epochs 200" in proc.stdout
+    assert "| medseg wsd | 400 s | not reached |" in proc.stdout  # 0.80 reached at 400 s, 0.90 never
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+    b.write_text(json.dumps({"results": {"medseg wsd": [_run(600, 0, setting={**SETTING, "test_cases": 12})]}}))
+    proc = _from_json(tmp_path, a, b)
+    assert proc.returncode != 0 and "measured on different data or caps" in proc.stderr
+    # a file without a recorded setting is taken as measured with the command's options
+    b.write_text(json.dumps({"results": {"medseg wsd": [_run(600, 0, setting=None)]}}))
+    assert "measured on different data" in _from_json(tmp_path, a, b).stderr
+    proc = _from_json(tmp_path, a, b, extra=["--cases", "44", "--test-cases", "24"])
+    assert proc.returncode == 0, proc.stderr[-2000:]
