@@ -468,6 +468,11 @@ class PredictConfig:
     pattern: str = "*.nii.gz"
     layout: InputLayout = InputLayout.auto  # source=files: 4D NIfTI, BraTS 2023/2021 or nnU-Net per-contrast files, DICOM studies
     labels: OutputCoding = OutputCoding.auto  # label coding of the written <case>.nii.gz
+    # layout dicom: SeriesDescription hints that replace the default hint of their channel (as
+    # medseg-predict --series-pattern CHANNEL=REGEX), and a mapping JSON {case or StudyInstanceUID:
+    # {channel: SeriesInstanceUID or SeriesDescription}} relative to the working folder (--series-map)
+    series_patterns: dict[str, str] = field(default_factory=dict)
+    series_mapping: Optional[str] = None
     cases: list[str] = field(default_factory=list)  # source=data: only these cases (empty: all)
     ensemble: list[str] = field(default_factory=list)  # more artifact folders: probabilities are averaged
     skip_existing: bool = True

@@ -248,6 +248,24 @@ def test_medseg_predict_takes_series_hints_and_a_mapping_for_dicom(artifact, tin
     one = json.loads((tmp_path / "one" / "predictions.json").read_text())["cases"][0]
     assert {c: v["series_uid"] for c, v in one["contrasts"].items()} == uids
     assert [c for c, v in one["contrasts"].items() if v["reasons"][0].startswith("data.series_mapping")] == ["T1w"]
+    # the Hydra predict stage takes the same two settings (predict.series_patterns/series_mapping)
+    from medseg.config import MedsegConfig
+    from medseg.errors import ConfigError
+    from medseg.stages.predict import predict
+
+    cfg = MedsegConfig()
+    cfg.predict.inference.threads = 1
+    cfg.predict.series_patterns, cfg.predict.series_mapping = {"FLAIR": "no such words"}, str(tmp_path / "map.json")
+    summary = predict(cfg, artifact, studies, tmp_path / "stage")
+    assert summary["layout"] == "dicom" and summary["n_ok"] == 1
+    staged = json.loads((tmp_path / "stage" / "predictions.json").read_text())["cases"][0]["contrasts"]
+    assert {c: v["series_uid"] for c, v in staged.items()} == {c: v["series_uid"] for c, v in mapped["contrasts"].items()}
+    cfg.predict.series_mapping = None
+    summary = predict(cfg, artifact, studies, tmp_path / "stage_hinted")
+    hinted_stage = json.loads((tmp_path / "stage_hinted" / "predictions.json").read_text())["cases"][0]["contrasts"]
+    assert hinted_stage["FLAIR"]["reasons"] == hinted["contrasts"]["FLAIR"]["reasons"]
+    with pytest.raises(ConfigError, match="series patterns and mappings choose DICOM series"):
+        predict(cfg, artifact, tiny_dataset / "imagesTs", tmp_path / "stage_nifti")
     # mistakes are one line, exit 2, nothing written
     (tmp_path / "lower.json").write_text(json.dumps({plain["case"]: {"flair": uids["FLAIR"]}}))
     for args, message in (

@@ -6,7 +6,9 @@ channels last in the order the artifact's metadata lists, or a case of per-contr
 (``predict.layout``: BraTS 2023/2021, nnU-Net; see :mod:`medseg.inference.layouts`); with
 ``predict.source=data`` the input is a dataset folder read like ``prepare`` reads one
 (``data.source``: BraTS folders, NIfTI patterns, DICOM studies, X-ray DICOM), optionally restricted
-to ``predict.cases``. Writes ``<case>.nii.gz`` label maps on each input's own grid in the coding
+to ``predict.cases``. DICOM studies (``predict.layout=dicom``, or found so) take the series hints
+``predict.series_patterns`` and the mapping file ``predict.series_mapping``, as ``medseg-predict``'s
+``--series-pattern`` and ``--series-map``. Writes ``<case>.nii.gz`` label maps on each input's own grid in the coding
 ``predict.labels`` names (same shape and affine; for DICOM the grid built from the first
 channel's series, plus ``<case>.seg.dcm``, a DICOM SEG object referencing that series, with
 ``predict.dicom_seg``) and ``predictions.json`` with per-case status, time and peak memory. Cases
@@ -68,7 +70,9 @@ def predict(cfg: Any, artifact: Path, inputs: Path, out_dir: Path, cases: list[s
                                            list(pc.cases) if cases is None else cases)
         layout = f"data.source={choice(cfg.data.source)}"
     else:
-        items, layout = discover_inputs(inputs, choice(pc.layout), art.spec.channels, str(pc.pattern))
+        items, layout = discover_inputs(inputs, choice(pc.layout), art.spec.channels, str(pc.pattern),
+                                        {str(c): str(r) for c, r in pc.series_patterns.items()} or None,
+                                        pc.series_mapping or None)
         convention = layout
     coding = output_coding(choice(pc.labels), convention, art.labels)
     items = shard_items(items, pc.shard)
