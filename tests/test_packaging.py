@@ -36,6 +36,13 @@ def test_every_subpackage_is_listed_and_conf_ships_as_medseg_conf():
     assert on_disk <= listed, f"add to [tool.setuptools] packages: {sorted(on_disk - listed)}"
     assert "medseg.conf" in listed and not any(p.startswith("pipelines") for p in listed)
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    # every config group folder is a listed (data-only) package whose YAML files ship: a new group
+    # not listed would be left out of the wheel, or ship with setuptools' "absent from packages" warning
+    groups = {".".join(("medseg", "conf", *p.relative_to(REPO / "conf").parts)) for p in (REPO / "conf").rglob("*")
+              if p.is_dir() and any(p.glob("*.yaml"))}
+    assert groups <= listed, f"add to [tool.setuptools] packages: {sorted(groups - listed)}"
+    data = pyproject["tool"]["setuptools"]["package-data"]
+    assert all(data.get(g) == ["*.yaml"] for g in groups | {"medseg.conf"}), data
     assert pyproject["tool"]["setuptools"]["package-dir"]["medseg.conf"] == "conf"
     assert pyproject["project"]["scripts"] == {"medseg": "medseg.cli:main",
                                                "medseg-predict": "medseg.inference.cli:main"}
