@@ -246,6 +246,8 @@ def main() -> None:
     if a.from_json:
         results = merged([Path(x) for x in a.from_json.split(",") if x], setting(a))
         recorded = {json.dumps(r["setting"], sort_keys=True) for rows in results.values() for r in rows}
+        if not recorded:
+            raise SystemExit(f"time_to_quality: {a.from_json}: no results in the file(s)")
         if len(recorded) > 1:
             raise SystemExit(f"time_to_quality: the files were measured on different data or caps: {sorted(recorded)}")
         vars(a).update(json.loads(recorded.pop()))  # the header states the runs' data
@@ -284,10 +286,11 @@ def merged(paths: list[Path], default: dict) -> dict[str, list[dict]]:
     for path in paths:
         for arm, rows in json.loads(path.read_text())["results"].items():
             rows = [{**r, "setting": r.get("setting", default)} for r in rows]
-            have = {(r["budget"], r.get("seed")) for r in results.get(arm, [])}
-            twice = [(r["budget"], r.get("seed")) for r in rows if (r["budget"], r.get("seed")) in have]
+            keys = [(r["budget"], r.get("seed")) for r in results.get(arm, []) + rows]
+            twice = sorted({k for k in keys if keys.count(k) > 1})
             if twice:
-                raise SystemExit(f"time_to_quality: {path}: {arm} at (budget, seed) {twice} is in another file too")
+                raise SystemExit(f"time_to_quality: {path}: {arm} at (budget, seed) {twice} is measured twice "
+                                 "(in this file or an earlier one)")
             results.setdefault(arm, []).extend(rows)
     return results
 

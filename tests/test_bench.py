@@ -73,8 +73,11 @@ def test_merged_files_take_the_command_setting_where_none_is_recorded_and_refuse
     assert [(r["budget"], r["setting"]) for r in results["medseg wsd"]] == [(400, SETTING), (600, SETTING)]
     again = tmp_path / "again.json"  # the same (arm, budget, seed), this time with a setting
     again.write_text(json.dumps({"results": {"medseg wsd": [_run(400, 0)]}}))
-    with pytest.raises(SystemExit, match=r"again.json: medseg wsd at \(budget, seed\) \[\(400, 0\)\] is in another"):
+    with pytest.raises(SystemExit, match=r"again.json: medseg wsd at \(budget, seed\) \[\(400, 0\)\] is measured twice"):
         ttq.merged([old, again], SETTING)
+    again.write_text(json.dumps({"results": {"medseg wsd": [_run(600, 1), _run(600, 1, setting=None)]}}))
+    with pytest.raises(SystemExit, match=r"\[\(600, 1\)\] is measured twice"):  # within one file too
+        ttq.merged([again], SETTING)
 
 
 def _from_json(tmp_path, *files, extra=()):
@@ -99,3 +102,6 @@ def test_from_json_states_the_recorded_data_and_refuses_files_that_differ(tmp_pa
     assert "measured on different data" in _from_json(tmp_path, a, b).stderr
     proc = _from_json(tmp_path, a, b, extra=["--cases", "44", "--test-cases", "24"])
     assert proc.returncode == 0, proc.stderr[-2000:]
+    b.write_text(json.dumps({"results": {}}))
+    proc = _from_json(tmp_path, b)
+    assert proc.returncode != 0 and "no results in the file(s)" in proc.stderr and "Traceback" not in proc.stderr

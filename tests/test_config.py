@@ -78,6 +78,9 @@ def test_every_data_source_composes_and_builds_its_source(group, tmp_path):
         assert source.patterns["FLAIR"].pattern == "dark" and source.patterns["T2w"].search("T2 TSE AX")
         from medseg.errors import ConfigError
 
+        # the predict stage's own keys, composed as the README writes them
+        cfg = _compose(["+predict.series_patterns.FLAIR=dark.?fluid", "predict.series_mapping=map.json"])
+        assert dict(cfg.predict.series_patterns) == {"FLAIR": "dark.?fluid"} and cfg.predict.series_mapping == "map.json"
         cfg = _compose(["data=dicom", f"data.root={tmp_path}", "data.series_patterns.FLAIR=''"])
         with pytest.raises(ConfigError, match="series pattern of channel 'FLAIR' is empty: it would match every"):
             DicomSource(tmp_path, cfg.data.channels, cfg.data.series_patterns)

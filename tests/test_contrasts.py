@@ -5,6 +5,7 @@ the reasons reach verification.json; every ambiguity message names both series a
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import subprocess
 from pathlib import Path
@@ -122,10 +123,11 @@ def test_a_description_breaks_a_tie_and_the_mapping_overrides(studies, tmp_path)
     assert {c: n for c, _, n, _, _ in ref.identification}["FLAIR"] == 9
     mapping = root / "mapping.json"
     uid = {c: u for c, u, _, _, _ in ref.identification}
-    mapping.write_text(json.dumps({"SUBJ006": {**uid, "FLAIR": uid["T2w"]}}))
+    mapping.write_text(json.dumps({"SUBJ006": {**uid, "FLAIR": uid["T2w"], "T2w": uid["FLAIR"]}}))
     ref = next(r for r in make_source("dicom", str(root), series_mapping=str(mapping)).cases() if r.name == "SUBJ006")
     chosen = {c: (n, r) for c, _, n, _, r in ref.identification}
     assert chosen["FLAIR"][0] == 5 and chosen["FLAIR"][1][0].startswith("data.series_mapping names")
+    assert chosen["T2w"][0] == 9 and not ref.problems
 
 
 def test_a_mapping_that_names_one_channel_leaves_the_others_identified(studies, tmp_path):
@@ -150,14 +152,14 @@ def test_a_mapping_that_names_one_channel_leaves_the_others_identified(studies, 
     assert ref.problems[0].count("(named for another channel by the mapping)") == 1
 
 
-def test_a_mapping_is_held_to_its_word(studies, tmp_path):
+def test_a_mapping_is_held_to_its_word(studies, tmp_path, caplog):
     """A key that is not a channel is refused; a named series that is absent is an error even where
     channels may be missing (predict), and problems come in channel order."""
     root = shutil.copytree(studies, tmp_path / "dcm")
     mapping = root / "mapping.json"
     mapping.write_text(json.dumps({"SUBJ006": {"flair": "AX FLAIR"}}))
-    with pytest.raises(DataError, match=r"mapping.json: series mapping names 1 channel\(s\) that are not among "
-                                        r"\['FLAIR', 'T1w', 't1gd', 'T2w'\]: \[\"SUBJ006: 'flair'\"\]"):
+    with pytest.raises(DataError, match=r"mapping.json: series mapping names \['flair'\], which are not among the "
+                                        r"channels \['FLAIR', 'T1w', 't1gd', 'T2w'\] \(in 1 case\(s\), such as 'SUBJ006'\)"):
         make_source("dicom", str(root), series_mapping=str(mapping))
     _copy_series(root, "SUBJ006", "SE002", 9)  # FLAIR ambiguous, and T2w mapped to a series not there
     mapping.write_text(json.dumps({"SUBJ006": {"T2w": "1.2.3.4"}}))
@@ -168,6 +170,17 @@ def test_a_mapping_is_held_to_its_word(studies, tmp_path):
     assert "channel 'FLAIR'" in ref.problems[0] and "2 series are candidates" in ref.problems[0]
     assert "no series matches channel 'T2w' (data.series_mapping names '1.2.3.4')" in ref.problems[1]
     assert src.check(ref)[0] is None
+    # one series named for two channels: the later one is an error naming both
+    t2, described = {c: (u, d) for c, u, _, d, _ in next(r for r in make_source("dicom", str(studies)).cases()
+                                                         if r.name == "SUBJ005").identification}["T2w"]
+    mapping.write_text(json.dumps({"SUBJ005": {"T1w": t2, "T2w": t2}, "SUBJ099": {"FLAIR": "AX FLAIR"}}))
+    with caplog.at_level(logging.WARNING, logger="medseg.data.sources.dicom"):
+        refs = {r.name: r for r in make_source("dicom", str(root), series_mapping=str(mapping)).cases()}
+    assert [p.split(": ", 1)[1] for p in refs["SUBJ005"].problems] == [
+        f"the series mapping names one series (series 5 {described!r}, {t2}) for both 'T1w' and 'T2w' "
+        f"in study of SUBJ005"]
+    # an entry that matches no study is said, not silently dropped; the studies are identified
+    assert "entries ['SUBJ099'] match no study here" in caplog.text and not refs["SUBJ001"].problems
 
 
 def test_two_t1_without_any_agent_are_an_ambiguity_that_says_so(studies, tmp_path):

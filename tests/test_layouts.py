@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import torch
 
@@ -136,6 +137,29 @@ def test_a_folder_of_dicom_files_is_the_dicom_layout(tmp_path):
         detect_layout(tmp_path / "export")
 
 
+def _write_seg(path: Path) -> bool:
+    """A DICOM SEG of pydicom's MR_small written by highdicom (``False`` when it is not installed)."""
+    try:
+        import highdicom as hd
+    except ImportError:
+        return False
+    from pydicom.data import get_testdata_file
+
+    image = pydicom.dcmread(get_testdata_file("MR_small.dcm"))
+    hd.seg.Segmentation(
+        source_images=[image], pixel_array=(image.pixel_array > image.pixel_array.mean()).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=[hd.seg.SegmentDescription(
+            segment_number=1, segment_label="tumour", segmented_property_category=hd.sr.CodedConcept(
+                "49755003", "SCT", "Morphologically Altered Structure"),
+            segmented_property_type=hd.sr.CodedConcept("108369006", "SCT", "Neoplasm"),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)],
+        series_instance_uid=hd.UID(), series_number=100, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="medseg tests", manufacturer_model_name="none", software_versions="0",
+        device_serial_number="0").save_as(path)
+    return True
+
+
 def test_dicom_objects_without_an_image_beside_nifti_are_not_a_second_layout(data, tmp_path):
     """A DICOMDIR index, an RT structure set, a structured report or a corrupt file named .dcm in a
     NIfTI folder (a delivery's extras) leave the layout alone; one DICOM image at any depth does not."""
@@ -148,6 +172,10 @@ def test_dicom_objects_without_an_image_beside_nifti_are_not_a_second_layout(dat
     shutil.copy(get_testdata_file("rtstruct.dcm"), case / "extras" / "structures.dcm")
     shutil.copy(get_testdata_file("test-SR.dcm"), case / "extras" / "deep" / "report")
     (case / "extras" / "broken.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"junk")
+    mr = Path(get_testdata_file("MR_small.dcm")).read_bytes()
+    (case / "extras" / "truncated.dcm").write_bytes(mr[:153])  # pydicom raises struct.error on it
+    if _write_seg(case / "extras" / "tumour.seg.dcm"):  # has Rows: only its Modality tells it apart
+        assert "Rows" in pydicom.dcmread(case / "extras" / "tumour.seg.dcm", stop_before_pixels=True)
     assert detect_layout(folder) == "brats2023"
     shutil.copy(get_testdata_file("MR_small.dcm"), case / "extras" / "deep" / "IM0001")
     with pytest.raises(DataError, match=r"brats2023 file\(s\) such as .*; DICOM images such as "

@@ -266,6 +266,8 @@ def test_medseg_predict_takes_series_hints_and_a_mapping_for_dicom(artifact, tin
     assert hinted_stage["FLAIR"]["reasons"] == hinted["contrasts"]["FLAIR"]["reasons"]
     with pytest.raises(ConfigError, match="series patterns and mappings choose DICOM series"):
         predict(cfg, artifact, tiny_dataset / "imagesTs", tmp_path / "stage_nifti")
+    with pytest.raises(ConfigError, match="with predict.source=data set data.series_patterns/data.series_mapping"):
+        predict(cfg, artifact, studies, tmp_path / "stage_data", source="data")
     # mistakes are one line, exit 2, nothing written
     (tmp_path / "lower.json").write_text(json.dumps({plain["case"]: {"flair": uids["FLAIR"]}}))
     for args, message in (
@@ -274,7 +276,7 @@ def test_medseg_predict_takes_series_hints_and_a_mapping_for_dicom(artifact, tin
             (["--series-pattern", "flair"], "expected CHANNEL=REGEX"),
             (["--series-pattern", "FLAIR="], "expected CHANNEL=REGEX"),
             (["--series-map", "absent.json"], "absent.json: file not found"),
-            (["--series-map", "lower.json"], "lower.json: series mapping names 1 channel(s) that are not among"),
+            (["--series-map", "lower.json"], "lower.json: series mapping names ['flair'], which are not among the channels"),
     ):
         proc = _batch([str(artifact), str(studies), str(tmp_path / "bad"), *args], tmp_path, cwd=tmp_path)
         errors = [x for x in proc.stderr.splitlines() if not x.startswith("[")]  # the log lines aside

@@ -75,12 +75,13 @@ def dicom_inputs(inputs: Path, channels: Sequence[str], series_patterns: Mapping
         series_patterns: SeriesDescription hints that replace the defaults
             (:data:`medseg.config.DEFAULT_SERIES_PATTERNS`) channel by channel.
         series_mapping: JSON file ``{case or StudyInstanceUID: {channel: SeriesInstanceUID or
-            SeriesDescription}}`` that overrides the identification.
+            SeriesDescription}}`` that overrides the identification (relative to the working folder).
 
     Raises:
-        ConfigError: a pattern for a channel the model does not have, or not a regular expression.
-        DataError: no series is identified as any channel (naming the series found), or an
-            unreadable mapping file.
+        ConfigError: a pattern for a channel the model does not have, empty, or not a regular
+            expression.
+        DataError: no series is identified as any channel (naming the series found), an
+            unreadable mapping file, or one that names channels the model does not have.
     """
     unknown = sorted(set(series_patterns or {}) - set(channels))
     if unknown:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from medseg.config import Backend, PredictSource, choice
+from medseg.errors import ConfigError
 from medseg.export.artifact import load_artifact
 from medseg.inference.build import build_predictor
 from medseg.inference.datasets import dataset_inputs
@@ -66,6 +67,10 @@ def predict(cfg: Any, artifact: Path, inputs: Path, out_dir: Path, cases: list[s
     art = load_artifact(artifact, load_module=torch_module)
     ensemble = [load_artifact(p, load_module=torch_module) for p in pc.ensemble]
     if choice(source or pc.source) == PredictSource.data.value:
+        if pc.series_patterns or pc.series_mapping:
+            raise ConfigError("predict.series_patterns/series_mapping choose the series of DICOM files "
+                              "(predict.source=files); with predict.source=data set data.series_patterns/"
+                              "data.series_mapping")
         items, convention = dataset_inputs(cfg.data, inputs, art.spec.channels,
                                            list(pc.cases) if cases is None else cases)
         layout = f"data.source={choice(cfg.data.source)}"

@@ -85,13 +85,16 @@ def build_source(data_cfg: Any, root: str | Path | None = None) -> Source:
 
 
 def _parameters(cls: type[Source]) -> set[str]:
-    """Names of the keyword parameters of a source's constructor (``**_`` aside).
+    """Names of the keyword parameters of a source's constructor (``**_``, the options it ignores,
+    aside); every key of :data:`SOURCE_KEYS` for one that passes ``**kwargs`` on.
 
     >>> sorted(_parameters(BraTSSource))
     ['affine_tol_mm', 'convention', 'max_voxels', 'root']
     """
-    return {n for n, p in inspect.signature(cls.__init__).parameters.items()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind == p.VAR_KEYWORD and n != "_" for n, p in params.items()):
+        return set(SOURCE_KEYS)
+    return {n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and n != "self"}
 
 
 def _plain_value(value: Any) -> Any:

@@ -18,6 +18,7 @@ its mask is ``mask_dir/{case}.png`` or ``.nii.gz`` (binary, 0/1 or 0/255). Image
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,6 +33,7 @@ from medseg.data.sources.base import Case, CaseRef, Source, align_to_grid, grid_
 from medseg.errors import ConfigError, DataError
 from medseg.utils.files import read_json
 
+log = logging.getLogger(__name__)
 
 
 def series_pattern(channel: str, pattern: str) -> re.Pattern[str]:
@@ -120,10 +122,11 @@ class DicomSource(Source):
         if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
             raise DataError(p, "series mapping must be {case: {channel: SeriesInstanceUID or SeriesDescription}}")
         mapping = {str(k): {str(c): str(s) for c, s in v.items()} for k, v in data.items()}
-        unknown = {f"{case}: {c!r}" for case, named in mapping.items() for c in named if c not in self.channels}
+        unknown = sorted({c for named in mapping.values() for c in named if c not in self.channels})
         if unknown:  # e.g. "flair" for "FLAIR": ignoring it would silently fall back to identification
-            raise DataError(p, f"series mapping names {len(unknown)} channel(s) that are not among "
-                               f"{list(self.channels)}: {sorted(unknown)[:5]}")
+            cases = sorted(k for k, named in mapping.items() if set(named) & set(unknown))
+            raise DataError(p, f"series mapping names {unknown}, which are not among the channels "
+                               f"{list(self.channels)} (in {len(cases)} case(s), such as {cases[0]!r})")
         return mapping
 
     def cases(self) -> list[CaseRef]:
@@ -136,6 +139,11 @@ class DicomSource(Source):
         names = self._names(studies)
         refs = [self._case(names[uid], uid, members) for uid, members in studies.items()]
         refs = [r for r in refs if r is not None]
+        unused = sorted(set(self.mapping) - set(names.values()) - set(names))
+        if unused:  # a typo, or a mapping written for another delivery: said, not fatal
+            log.warning("%s: the series mapping's entries %s match no study here (by case name or "
+                        "StudyInstanceUID); those studies' series are identified as without it",
+                        self.root, unused[:5] + (["..."] if len(unused) > 5 else []))
         if not refs and not self.scan_problems:
             found = sorted({s.description or "<no description>" for s in series})
             raise DataError(self.root, f"no DICOM series is identified as any of the channels {list(self.channels)} "
@@ -194,6 +202,15 @@ class DicomSource(Source):
         for c in (c for c in self.channels if c in mapping):
             want = mapping[c]
             hits = [s for s in members if want in (s.series_uid, s.description)]
+            earlier = self.channels[:self.channels.index(c)]
+            first = next((d for d in earlier if chosen.get(d) is not None and chosen[d] in hits), None)
+            if first is not None:
+                twice = chosen[first]
+                problems[c] = (f"{where}: the series mapping names one series (series {twice.series_number} "
+                               f"{twice.description!r}, {twice.series_uid}) for both {first!r} and {c!r} "
+                               f"in study of {name}")
+                chosen[c] = None
+                continue
             chosen[c] = hits[0] if len(hits) == 1 else None
             if len(hits) == 1:
                 reasons[c] = (c, hits[0].series_uid, hits[0].series_number, hits[0].description,
