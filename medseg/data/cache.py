@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from medseg.data.preprocess import PreprocessSpec, preprocess
-from medseg.data.sources import CaseRef, Source, source_options
+from medseg.data.sources import CaseRef, Source, source_kind, source_options
 from medseg.errors import MedsegError, failure_line
 from medseg.utils.files import atomic_dir, read_json, sha256_file, to_json, write_json
 
@@ -41,8 +41,8 @@ def source_key(data_cfg: Any, source: Source) -> str:
         data_cfg: the ``data`` section (:class:`~medseg.config.DataConfig` or a DictConfig).
         source: the source built from it.
     """
-    kind = str(getattr(data_cfg.source, "value", data_cfg.source))
-    return cache_key({"kind": kind, **source_options(data_cfg), "channels_read": list(source.channels)})
+    return cache_key({"kind": source_kind(data_cfg), **source_options(data_cfg),
+                      "channels_read": list(source.channels)})
 
 
 def spec_folder(cache_root: Path, spec: PreprocessSpec, src_key: str) -> Path:

@@ -76,7 +76,7 @@ def predict(cfg: Any, artifact: Path, inputs: Path, out_dir: Path, cases: list[s
         layout = f"data.source={choice(cfg.data.source)}"
     else:
         items, layout = discover_inputs(inputs, choice(pc.layout), art.spec.channels, str(pc.pattern),
-                                        {str(c): str(r) for c, r in pc.series_patterns.items()} or None,
+                                        dict(pc.series_patterns) or None,
                                         pc.series_mapping or None)
         convention = layout
     coding = output_coding(choice(pc.labels), convention, art.labels)

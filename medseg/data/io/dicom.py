@@ -91,13 +91,12 @@ def scan(files: Sequence[Path]) -> tuple[list[SeriesInfo], list[str]]:
         except DataError as e:
             problems.append(str(e))
             continue
-        meta_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
-        if meta_class == MEDIA_STORAGE_DIRECTORY:
+        if _is_index(ds):
             continue  # a DICOMDIR index
         if "SOPClassUID" not in ds:  # pydicom reads truncated or garbage headers without complaint
             problems.append(f"{path}: not a readable DICOM file (no SOPClassUID: truncated or corrupt header)")
             continue
-        if str(ds.get("Modality", "")) in _NON_IMAGE_MODALITIES or "Rows" not in ds:
+        if not _holds_image(ds):
             continue  # structured reports, segmentations, RT objects, ...
         if "SeriesInstanceUID" not in ds:
             problems.append(f"{path}: image without SeriesInstanceUID")
@@ -210,9 +209,17 @@ def is_dicom_image(path: Path) -> bool:
         ds = read_header(path)
     except DataError:
         return False
-    meta_class = str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", ""))
-    return (meta_class != MEDIA_STORAGE_DIRECTORY and "Rows" in ds
-            and str(ds.get("Modality", "")) not in _NON_IMAGE_MODALITIES)
+    return not _is_index(ds) and _holds_image(ds)
+
+
+def _is_index(ds: Dataset) -> bool:
+    """A DICOMDIR (Media Storage Directory) index."""
+    return str(getattr(ds, "file_meta", {}).get("MediaStorageSOPClassUID", "")) == MEDIA_STORAGE_DIRECTORY
+
+
+def _holds_image(ds: Dataset) -> bool:
+    """Pixel rows and not a segmentation, report, RT or presentation object."""
+    return "Rows" in ds and str(ds.get("Modality", "")) not in _NON_IMAGE_MODALITIES
 
 
 def check_decodable(ds: Dataset, path: Path) -> None:

@@ -62,7 +62,7 @@ def source_options(data_cfg: Any) -> dict[str, Any]:
     Args:
         data_cfg: the ``data`` section (:class:`~medseg.config.DataConfig` or a DictConfig).
     """
-    kind = str(getattr(getattr(data_cfg, "source", None), "value", getattr(data_cfg, "source", None)))
+    kind = source_kind(data_cfg)
     taken = _parameters(SOURCES[kind]) if kind in SOURCES else set(SOURCE_KEYS)
     options = {}
     for key in (k for k in SOURCE_KEYS[1:] if k in taken):
@@ -80,8 +80,13 @@ def build_source(data_cfg: Any, root: str | Path | None = None) -> Source:
         data_cfg: the ``data`` section (:class:`~medseg.config.DataConfig` or a DictConfig).
         root: read this folder with the ``data`` settings instead of ``data.root``.
     """
-    kind = str(getattr(data_cfg.source, "value", data_cfg.source))
-    return make_source(kind, str(data_cfg.root if root is None else root), **source_options(data_cfg))
+    return make_source(source_kind(data_cfg), str(data_cfg.root if root is None else root), **source_options(data_cfg))
+
+
+def source_kind(data_cfg: Any) -> str:
+    """``data.source`` as its string (an enum's value; ``"None"`` for a config without one)."""
+    source = getattr(data_cfg, "source", None)
+    return str(getattr(source, "value", source))
 
 
 def _parameters(cls: type[Source]) -> set[str]:
@@ -109,4 +114,4 @@ def _plain_value(value: Any) -> Any:
 
 
 __all__ = ["Case", "CaseRef", "Source", "MSDSource", "BraTSSource", "NiftiSource", "DicomSource",
-           "XraySource", "SOURCES", "SOURCE_KEYS", "make_source", "source_options", "build_source"]
+           "XraySource", "SOURCES", "SOURCE_KEYS", "make_source", "source_kind", "source_options", "build_source"]
