@@ -182,3 +182,17 @@ def test_a_bad_case_raises_with_every_problem_typed(tmp_path):
     assert str(err) == f"{tmp_path / 'c1.nii.gz'}: holds NaN (and 1 more problems)"
     again = pickle.loads(pickle.dumps(err))
     assert again.problems == err.problems and str(again) == str(err)
+
+
+def test_a_source_that_forwards_its_options_is_given_them_all():
+    """Options are filtered by the constructor's parameters; one that passes ``**kwargs`` on (to a
+    base class) takes every source key, or it would silently lose its settings."""
+    from medseg.data.sources import SOURCE_KEYS, NiftiSource, _parameters
+
+    class Wrapped(NiftiSource):
+        def __init__(self, root, **kwargs):
+            super().__init__(root, **kwargs)
+
+    assert _parameters(Wrapped) == set(SOURCE_KEYS)
+    assert {"channels", "patterns", "datalist"} <= _parameters(NiftiSource) and "series_patterns" not in _parameters(
+        NiftiSource)
