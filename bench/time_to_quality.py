@@ -19,8 +19,10 @@ batch, U-Net, threads, validation every 200 iterations without a budget). Printe
 (validation mean Dice at the end of training, test Dice per region and its mean, iterations; then
 where the test mean falls short of 1: on the cases that have a region, and by false positives on
 those whose reference lacks it, tumour-free and non-enhancing cases, each a whole 0 or 1), the
-budget at which each arm's test mean region Dice first reaches each ``--thresholds`` value, and the
-time into the longest run at which its validation mean Dice first does; wall s is each run's
+budget at which each arm's test mean region Dice first reaches each ``--thresholds`` value, the
+time into the longest run at which its validation mean Dice first does, and, for every two arms at a
+budget, the paired per-case difference of the test mean Dice (bootstrap 95 % CI and Wilcoxon p over
+the test cases, the difference per seed, the cases that differ most); wall s is each run's
 preparation plus training (``medseg epochs`` finishes the epoch that crosses the budget). Drawn: ``--png`` (test mean
 Dice against budget; validation curves of the longest budget). Every figure states the CPU.
 With ``--seeds 0,1,...`` every medseg arm runs once per training seed (same data; the MONAI arm
@@ -192,6 +194,57 @@ def breakdown(results: dict[str, list[dict]]) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def case_means(runs: list[dict]) -> dict[str, float] | None:
+    """Per test case, its mean region Dice averaged over ``runs`` (the seeds of one arm and
+    budget), or ``None`` when a run has no per-case results or the runs scored different cases."""
+    if not runs or any(not r.get("cases") for r in runs):
+        return None
+    names = sorted(runs[0]["cases"])
+    if any(sorted(r["cases"]) != names for r in runs):
+        return None
+    return {n: statistics.mean(statistics.mean(r["cases"][n][g][0] for g in REGIONS) for r in runs) for n in names}
+
+
+def paired(results: dict[str, list[dict]], top: int = 3) -> str:
+    """The Markdown table of paired per-case differences, for every two arms at every budget both
+    ran with per-case results (or "" when there is none): B - A of the test mean Dice, its
+    bootstrap 95 % CI over the test cases and the two-sided Wilcoxon signed-rank p-value (both
+    over the cases' seed-averaged mean region Dice: how much of the gap the test cases' sampling
+    explains; ``medseg compare``'s statistics), the difference per seed (seed-to-seed noise), and
+    the ``top`` cases that differ most, each with its share of the summed absolute differences
+    (how concentrated the disagreement is)."""
+    import numpy as np
+
+    from medseg.metrics.aggregate import bootstrap_ci
+    from medseg.stages.compare import wilcoxon_p
+
+    lines = ["| A | B | budget (s) | B - A | 95 % CI (cases) | Wilcoxon p | B - A per seed | "
+             "cases that differ most (share of the summed absolute differences) |", "|---" * 8 + "|"]
+    arms = list(results)
+    for i, arm_a in enumerate(arms):
+        for arm_b in arms[i + 1:]:
+            by_a, by_b = group(results[arm_a]), group(results[arm_b])
+            for budget in sorted(set(by_a) & set(by_b)):
+                a, b = case_means(by_a[budget]), case_means(by_b[budget])
+                if a is None or b is None or sorted(a) != sorted(b):
+                    continue
+                names = sorted(a)
+                diff = np.array([b[n] - a[n] for n in names])
+                ci = bootstrap_ci(diff)
+                p = wilcoxon_p(diff)
+                seeds_a = {r.get("seed"): r["test_mean_dice"] for r in by_a[budget]}
+                per_seed = [f"{r['test_mean_dice'] - seeds_a[r.get('seed')]:+.3f}" for r in by_b[budget]
+                            if r.get("seed") in seeds_a]
+                spread = np.abs(diff).sum()
+                order = np.argsort(-np.abs(diff))[:top]
+                held = ", ".join(f"{names[k]} {diff[k]:+.3f}" + (f" ({abs(diff[k]) / spread:.0%})" if spread else "")
+                                 for k in order if diff[k] != 0) or "none"
+                lines.append(f"| {arm_a} | {arm_b} | {budget:.0f} | {diff.mean():+.3f} | "
+                             f"{ci[0]:+.3f} .. {ci[1]:+.3f} | {'-' if p is None else f'{p:.2g}'} | "
+                             f"{', '.join(per_seed) or '-'} | {held} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def draw(results: dict[str, list[dict]], png: Path, title: str) -> None:
     """Test mean Dice against budget (mean over seeds, each seed a dot), and the validation curves
     of the longest budget (one line per seed)."""
@@ -266,6 +319,10 @@ def main() -> None:
     if lost:
         print("\nWhere the test mean Dice is lost (BraTS convention: a region absent from the reference scores 1 "
               "if the prediction lacks it too, else 0):\n\n" + lost)
+    pairs = paired(results)
+    if pairs:
+        print("\nPaired per-case differences of the test mean Dice (B - A, each case's mean region Dice "
+              "averaged over the seeds; the CI and p over the test cases):\n\n" + pairs)
     draw(results, a.png, header)
     print(f"\nwrote {a.png}")
     if a.json:

@@ -105,3 +105,32 @@ def test_from_json_states_the_recorded_data_and_refuses_files_that_differ(tmp_pa
     b.write_text(json.dumps({"results": {}}))
     proc = _from_json(tmp_path, b)
     assert proc.returncode != 0 and "no results in the file(s)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _per_case(values):
+    """Per case the same Dice in every region (reference volumes > 0), so its mean region Dice is the value."""
+    return {name: _case([v, 5.0], [v, 2.0], [v, 1.0]) for name, v in values.items()}
+
+
+def test_paired_differences_are_per_case_means_over_seeds_with_a_hand_checked_p_value():
+    a_cases = _per_case({"c1": 0.25, "c2": 0.25, "c3": 0.25, "c4": 0.25})
+    b_seed0 = _per_case({"c1": 0.75, "c2": 0.5, "c3": 0.375, "c4": 0.3125})
+    b_seed1 = _per_case({"c1": 0.75, "c2": 0.5, "c3": 0.375, "c4": 0.3125})
+    results = {"medseg wsd": [_run(600, 0, a_cases, mean=0.25), _run(600, 1, a_cases, mean=0.25)],
+               "medseg epochs": [_run(600, 0, b_seed0, mean=0.484375), _run(600, 1, b_seed1, mean=0.5),
+                                 _run(400, 0, b_seed0)],  # 400 s: no run of A to pair with
+               "monai": [_run(600, None, mean=0.3)]}  # no per-case results: not paired
+    rows = ttq.paired(results).splitlines()[2:]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells[:4] == ["medseg wsd", "medseg epochs", "600", "+0.234"]  # (0.5 + 0.25 + 0.125 + 0.0625) / 4
+    low, high = (float(x) for x in cells[4].split(" .. "))
+    assert 0.0625 <= low < 0.234375 < high <= 0.5
+    assert cells[5] == "0.12"  # exact Wilcoxon, 4 positive differences: 2 / 2**4
+    assert cells[6] == "+0.234, +0.250"  # per seed: each run's test mean against the same seed of A
+    # the largest difference first, with its share of the summed absolute differences (0.5 / 0.9375)
+    assert cells[7] == "c1 +0.500 (53%), c2 +0.250 (27%), c3 +0.125 (13%)"
+    same = {"x": [_run(600, 0, a_cases)], "y": [_run(600, 0, a_cases)]}
+    cells = [c.strip() for c in ttq.paired(same).splitlines()[2].strip("|").split("|")]
+    assert cells[3] == "+0.000" and cells[5] == "-" and cells[7] == "none"
+    assert ttq.paired({"x": [_run(600, 0)], "y": [_run(600, 0)]}) == ""  # nothing per case
