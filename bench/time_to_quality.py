@@ -49,6 +49,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -207,7 +208,8 @@ def case_means(runs: list[dict]) -> dict[str, float] | None:
 
 def paired(results: dict[str, list[dict]], top: int = 3) -> str:
     """The Markdown table of paired per-case differences, for every two arms at every budget both
-    ran with per-case results (or "" when there is none): B - A of the test mean Dice, its
+    ran with per-case results (or "" when there is none), over the seeds both ran (all of each
+    arm's runs when they share none, e.g. the MONAI arm's): B - A of the test mean Dice, its
     bootstrap 95 % CI over the test cases and the two-sided Wilcoxon signed-rank p-value (both
     over the cases' seed-averaged mean region Dice: how much of the gap the test cases' sampling
     explains; ``medseg compare``'s statistics), the difference per seed (seed-to-seed noise), and
@@ -225,15 +227,20 @@ def paired(results: dict[str, list[dict]], top: int = 3) -> str:
         for arm_b in arms[i + 1:]:
             by_a, by_b = group(results[arm_a]), group(results[arm_b])
             for budget in sorted(set(by_a) & set(by_b)):
-                a, b = case_means(by_a[budget]), case_means(by_b[budget])
+                runs_a, runs_b = by_a[budget], by_b[budget]
+                common = {r.get("seed") for r in runs_a} & {r.get("seed") for r in runs_b}
+                if common:  # like with like: the seeds both arms ran
+                    runs_a = [r for r in runs_a if r.get("seed") in common]
+                    runs_b = [r for r in runs_b if r.get("seed") in common]
+                a, b = case_means(runs_a), case_means(runs_b)
                 if a is None or b is None or sorted(a) != sorted(b):
                     continue
                 names = sorted(a)
                 diff = np.array([b[n] - a[n] for n in names])
                 ci = bootstrap_ci(diff)
                 p = wilcoxon_p(diff)
-                seeds_a = {r.get("seed"): r["test_mean_dice"] for r in by_a[budget]}
-                per_seed = [f"{r['test_mean_dice'] - seeds_a[r.get('seed')]:+.3f}" for r in by_b[budget]
+                seeds_a = {r.get("seed"): r["test_mean_dice"] for r in runs_a}
+                per_seed = [f"{r['test_mean_dice'] - seeds_a[r.get('seed')]:+.3f}" for r in runs_b
                             if r.get("seed") in seeds_a]
                 spread = np.abs(diff).sum()
                 order = np.argsort(-np.abs(diff))[:top]
@@ -272,7 +279,7 @@ def draw(results: dict[str, list[dict]], png: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 1)
         ax.legend(loc="lower right")
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(textwrap.fill(title, 150), fontsize=9)  # the CPU line is long: wrapped, not cut off
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=120)

@@ -130,6 +130,11 @@ def test_paired_differences_are_per_case_means_over_seeds_with_a_hand_checked_p_
     assert cells[6] == "+0.234, +0.250"  # per seed: each run's test mean against the same seed of A
     # the largest difference first, with its share of the summed absolute differences (0.5 / 0.9375)
     assert cells[7] == "c1 +0.500 (53%), c2 +0.250 (27%), c3 +0.125 (13%)"
+    # only the seeds both arms ran are paired: seed 1 of A (all 0.75) is left out against B's seed 0
+    one_seed = {"a": [_run(600, 0, a_cases, mean=0.25), _run(600, 1, _per_case(dict.fromkeys(a_cases, 0.75)))],
+                "b": [_run(600, 0, b_seed0, mean=0.484375)]}
+    cells = [c.strip() for c in ttq.paired(one_seed).splitlines()[2].strip("|").split("|")]
+    assert cells[3] == "+0.234" and cells[6] == "+0.234"
     same = {"x": [_run(600, 0, a_cases)], "y": [_run(600, 0, a_cases)]}
     cells = [c.strip() for c in ttq.paired(same).splitlines()[2].strip("|").split("|")]
     assert cells[3] == "+0.000" and cells[5] == "-" and cells[7] == "none"
