@@ -9,6 +9,8 @@ as in ``bench/train_vs_monai.py``) every arm trains once from scratch in its own
   decay and validations follow the fraction of the budget used: annealed at B);
 - ``medseg wsd``: the budget schedule with ``train.decay_fraction=0.3`` (warmup-stable-decay: the
   peak rate held to 70 % of B, then the cosine decay to 0 at B);
+- ``medseg wsd50``: the same with ``train.decay_fraction=0.5`` (held to half of B, decayed over the
+  second half);
 - ``medseg epochs``: the same with ``train.budget_schedule=false`` (cosine sized for
   ``train.max_epochs``, cut off at B: the schedule before the budget-aware one);
 - ``monai``: ``bench/train_vs_monai.py``'s MONAI arm (the tutorial recipe, stopped at B).
@@ -62,6 +64,7 @@ from train_vs_monai import REGIONS  # noqa: E402
 ARMS = {
     "medseg budget": ("medseg", ["train.budget_schedule=true"]),
     "medseg wsd": ("medseg", ["train.budget_schedule=true", "train.decay_fraction=0.3"]),
+    "medseg wsd50": ("medseg", ["train.budget_schedule=true", "train.decay_fraction=0.5"]),
     "medseg epochs": ("medseg", ["train.budget_schedule=false"]),
     "monai": ("monai", []),
 }
