@@ -24,7 +24,10 @@ those whose reference lacks it, tumour-free and non-enhancing cases, each a whol
 budget at which each arm's test mean region Dice first reaches each ``--thresholds`` value, the
 time into the longest run at which its validation mean Dice first does, and, for every two arms at a
 budget, the paired per-case difference of the test mean Dice (bootstrap 95 % CI and Wilcoxon p over
-the test cases, the difference per seed, the cases that differ most); wall s is each run's
+the test cases, the difference per seed, the cases that differ most), and, for the medseg runs, the
+test mean Dice of ``best.pt`` (chosen by the validation Dice; the one scored everywhere else)
+against the final weights' (``last.pt``; ``--checkpoint last`` puts those in every table and the
+curve instead); wall s is each run's
 preparation plus training (``medseg epochs`` finishes the epoch that crosses the budget). Drawn: ``--png`` (test mean
 Dice against budget; validation curves of the longest budget). Every figure states the CPU.
 With ``--seeds 0,1,...`` every medseg arm runs once per training seed (same data; the MONAI arm
@@ -87,6 +90,8 @@ def run_arm(arm: str, data: Path, work: Path, budget: float, threads: int, max_e
         raise SystemExit(f"{arm} at {budget:.0f} s failed:\n{out.stderr[-3000:]}")
     result = json.loads(line[-1][7:])
     result["test_mean_dice"] = statistics.mean(result["dice"][r] for r in REGIONS)
+    if result.get("last"):  # the final weights' test Dice (medseg arms)
+        result["last"]["test_mean_dice"] = statistics.mean(result["last"]["dice"][r] for r in REGIONS)
     result["val_final"] = result["val_curve"][-1][1] if result["val_curve"] else None
     if kind == "medseg":
         summary = json.loads((work / "train" / "summary.json").read_text())
@@ -255,6 +260,33 @@ def paired(results: dict[str, list[dict]], top: int = 3) -> str:
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
+def at_last(results: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The results with each run's test figures those of its final weights (``last.pt``) instead
+    of its ``best.pt``; runs that did not record them (the MONAI arm, files before session 13)
+    are left out, arms left with none dropped."""
+    out = {arm: [{**r, **r["last"]} for r in rows if r.get("last")] for arm, rows in results.items()}
+    return {arm: rows for arm, rows in out.items() if rows}
+
+
+def selection(results: dict[str, list[dict]]) -> str:
+    """The Markdown table of what choosing ``best.pt`` by the validation Dice does to the test
+    Dice, against keeping the final weights (``last.pt``), per arm and budget with both recorded
+    (or ""): the epoch ``best.pt`` is from, the test mean Dice of each, last - best per seed."""
+    lines = ["| arm | budget (s) | seeds | best.pt epoch / epochs run | test mean, best.pt | test mean, last.pt | "
+             "last - best per seed |", "|---" * 7 + "|"]
+    for arm, rows in results.items():
+        for budget, runs in group(rows).items():
+            if any(not r.get("last") or "best_epoch" not in r for r in runs):
+                continue
+            best = [r["test_mean_dice"] for r in runs]
+            last = [r["last"]["test_mean_dice"] for r in runs]
+            lines.append(f"| {arm} | {budget:.0f} | {', '.join(str(r.get('seed', '-')) for r in runs)} | "
+                         + ", ".join(f"{r['best_epoch']} / {r['epochs']}" for r in runs)
+                         + f" | {_fmt(statistics.mean(best), best)} | {_fmt(statistics.mean(last), last)} | "
+                         + ", ".join(f"{y - x:+.3f}" for x, y in zip(best, last)) + " |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def draw(results: dict[str, list[dict]], png: Path, title: str) -> None:
     """Test mean Dice against budget (mean over seeds, each seed a dot), and the validation curves
     of the longest budget (one line per seed)."""
@@ -304,6 +336,9 @@ def main() -> None:
                    "(default: the config's; the data and the MONAI arm do not change): replicates of the comparison")
     p.add_argument("--from-json", default="", help="comma-separated --json files of earlier runs on this machine: "
                    "merge them into one table and curve, measuring nothing")
+    p.add_argument("--checkpoint", choices=["best", "last"], default="best",
+                   help="whose test Dice the tables and the curve show: best.pt (chosen by the validation Dice, "
+                   "the exported one) or last.pt (the final weights; medseg runs since session 13 only)")
     a = p.parse_args()
     thresholds = [float(t) for t in a.thresholds.split(",")]
     if a.from_json:
@@ -324,6 +359,12 @@ def main() -> None:
     header = (f"{cpu_line(a.threads)}; {a.cases} built-in cases ({a.cases - a.test_cases} train+val, "
               f"{a.test_cases} test), budgets {', '.join(f'{b:.0f}' for b in budgets)} s; medseg max_epochs "
               f"{a.max_epochs}" + (f", seeds {', '.join(map(str, seeds))}" if seeds != [None] else ""))
+    measured = results
+    if a.checkpoint == "last":
+        results = at_last(results)
+        if not results:
+            raise SystemExit("time_to_quality: --checkpoint last: no run recorded its final weights' test Dice")
+        header += "; test Dice of the final weights (last.pt)"
     print(table(results, thresholds, header))
     lost = breakdown(results)
     if lost:
@@ -333,10 +374,15 @@ def main() -> None:
     if pairs:
         print("\nPaired per-case differences of the test mean Dice (B - A, each case's mean region Dice "
               "averaged over the seeds; the CI and p over the test cases):\n\n" + pairs)
+    chosen = selection(measured)
+    if chosen:
+        print("\nThe checkpoint: best.pt (the highest validation mean Dice, the one exported and scored above"
+              + (" by default" if a.checkpoint == "last" else "") + ") against the final weights (last.pt):\n\n"
+              + chosen)
     draw(results, a.png, header)
     print(f"\nwrote {a.png}")
     if a.json:
-        a.json.write_text(json.dumps({"header": header, "results": results}, indent=1))
+        a.json.write_text(json.dumps({"header": header, "results": measured}, indent=1))
 
 
 def setting(a: argparse.Namespace) -> dict:

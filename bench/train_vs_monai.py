@@ -19,7 +19,8 @@ written for the MSD Task01 codes (MONAI's ``ConvertToMultiChannelBasedOnBratsCla
 the BraTS 2018-2021 codes and would be wrong here). Its Dice is measured on its resampled grid.
 
 medseg (``--arm medseg``): ``prepare`` (cold cache) + ``train`` with its defaults for the rest,
-``evaluate`` on the native grid.
+``evaluate`` on the native grid (of ``best.pt``, the exported checkpoint; the result's ``last``
+holds the same for ``last.pt``, the final weights, evaluated after the timing).
 
     .venv/bin/python bench/train_vs_monai.py [--budget 120] [--cases 16] [--threads 2] [--repeats 1]
 """
@@ -82,6 +83,11 @@ def run_medseg(data: Path, work: Path, budget: float, threads: int, extra: list[
         cfg.paths.checkpoint = train["best_checkpoint"]
         _, ev = run_in_dir(evaluate_stage, cfg, work / "evaluate", clean_dir=True)
         rss = peak_rss_mb()
+        # the final weights too (last.pt, not exported): what choosing the checkpoint by a noisy
+        # validation Dice gains or loses against keeping the end of the schedule
+        cfg.paths.checkpoint = train["last_checkpoint"]
+        _, ev_last = run_in_dir(evaluate_stage, cfg, work / "evaluate_last", clean_dir=True)
+        cfg.paths.checkpoint = train["best_checkpoint"]
         cfg.paths.metrics = str(work / "evaluate" / "metrics.json")
         cfg.export.int8 = True
         run_in_dir(export_stage, cfg, work / "export", clean_dir=True)
@@ -92,7 +98,9 @@ def run_medseg(data: Path, work: Path, budget: float, threads: int, extra: list[
     return {"arm": "medseg", "samples": train["iterations"] * BATCH, "seconds": seconds,
             "loop_seconds": sum(e["train_s"] for e in epochs), "val_curve": curve,
             "dice": ev["dice"], "cases": test_cases(work / "evaluate" / "metrics.json"),
-            "peak_rss_mb": rss, "artifact": str(work / "export" / "artifact")}
+            "peak_rss_mb": rss, "artifact": str(work / "export" / "artifact"), "best_epoch": train["best_epoch"],
+            "epochs": train["epochs"],
+            "last": {"dice": ev_last["dice"], "cases": test_cases(work / "evaluate_last" / "metrics.json")}}
 
 
 def test_cases(metrics: Path) -> dict[str, dict[str, list[float]]]:

@@ -149,3 +149,31 @@ def test_arms_that_share_no_seed_are_paired_over_all_their_runs():
                "medseg wsd": [_run(600, 0, b_cases), _run(600, 1, b_cases)]}
     cells = [c.strip() for c in ttq.paired(results).splitlines()[2].strip("|").split("|")]
     assert cells[:4] == ["monai", "medseg wsd", "600", "+0.375"] and cells[6] == "-"
+
+
+def test_the_final_weights_replace_best_pt_only_where_recorded(tmp_path):
+    """``--checkpoint last`` scores every run by its final weights: the per-region, per-case and
+    mean test Dice all come from ``last``; runs without it (the MONAI arm, older files) drop out."""
+    last_cases = _per_case({"c1": 0.5, "c2": 0.75})
+    run = {**_run(600, 0, _per_case({"c1": 0.25, "c2": 0.25}), mean=0.25), "best_epoch": 3, "epochs": 15,
+           "last": {"dice": {r: 0.625 for r in REGIONS}, "cases": last_cases, "test_mean_dice": 0.625}}
+    results = {"medseg wsd": [run, _run(600, 1)], "monai": [_run(600, None)]}
+    swapped = ttq.at_last(results)
+    assert list(swapped) == ["medseg wsd"] and len(swapped["medseg wsd"]) == 1
+    chosen = swapped["medseg wsd"][0]
+    assert chosen["test_mean_dice"] == 0.625 and chosen["cases"] is last_cases and chosen["dice"]["whole_tumour"] == 0.625
+    assert results["medseg wsd"][0]["test_mean_dice"] == 0.25  # the measured results are left as they are
+    assert ttq.case_means(swapped["medseg wsd"]) == {"c1": 0.5, "c2": 0.75}
+    # the selection table: only arm and budget whose runs all recorded both
+    two = {"medseg wsd": [run, {**run, "seed": 1, "best_epoch": 15, "last": {**run["last"], "test_mean_dice": 0.125}}],
+           "monai": [_run(600, None)]}
+    rows = ttq.selection(two).splitlines()[2:]
+    assert len(rows) == 1
+    cells = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert cells == ["medseg wsd", "600", "0, 1", "3 / 15, 15 / 15", "0.250 (0.250, 0.250)",
+                     "0.375 (0.625, 0.125)", "+0.375, -0.125"]
+    assert ttq.selection(results) == ""  # seed 1 of medseg wsd recorded no final weights
+    old = tmp_path / "old.json"  # a file from before the final weights were recorded
+    old.write_text(json.dumps({"results": {"medseg wsd": [_run(600, 0)]}}))
+    proc = _from_json(tmp_path, old, extra=["--checkpoint", "last"])
+    assert proc.returncode != 0 and "no run recorded its final weights" in proc.stderr and "Traceback" not in proc.stderr
