@@ -270,14 +270,13 @@ def at_last(results: dict[str, list[dict]]) -> dict[str, list[dict]]:
 
 def selection(results: dict[str, list[dict]]) -> str:
     """The Markdown table of what choosing ``best.pt`` by the validation Dice does to the test
-    Dice, against keeping the final weights (``last.pt``), per arm and budget with both recorded
-    (or ""): the epoch ``best.pt`` is from, the test mean Dice of each, last - best per seed."""
+    Dice, against keeping the final weights (``last.pt``), per arm and budget over the runs that
+    recorded both (or ""): the epoch ``best.pt`` is from, the test mean Dice of each, last - best
+    per seed."""
     lines = ["| arm | budget (s) | seeds | best.pt epoch / epochs run | test mean, best.pt | test mean, last.pt | "
              "last - best per seed |", "|---" * 7 + "|"]
     for arm, rows in results.items():
-        for budget, runs in group(rows).items():
-            if any(not r.get("last") or "best_epoch" not in r for r in runs):
-                continue
+        for budget, runs in group([r for r in rows if r.get("last") and "best_epoch" in r]).items():
             best = [r["test_mean_dice"] for r in runs]
             last = [r["last"]["test_mean_dice"] for r in runs]
             lines.append(f"| {arm} | {budget:.0f} | {', '.join(str(r.get('seed', '-')) for r in runs)} | "
