@@ -164,7 +164,7 @@ def test_the_final_weights_replace_best_pt_only_where_recorded(tmp_path):
     assert chosen["test_mean_dice"] == 0.625 and chosen["cases"] is last_cases and chosen["dice"]["whole_tumour"] == 0.625
     assert results["medseg wsd"][0]["test_mean_dice"] == 0.25  # the measured results are left as they are
     assert ttq.case_means(swapped["medseg wsd"]) == {"c1": 0.5, "c2": 0.75}
-    # the selection table: only arm and budget whose runs all recorded both
+    # the selection table: every run that recorded both, here two seeds of one arm (MONAI recorded none)
     two = {"medseg wsd": [run, {**run, "seed": 1, "best_epoch": 15, "last": {**run["last"], "test_mean_dice": 0.125}}],
            "monai": [_run(600, None)]}
     rows = ttq.selection(two).splitlines()[2:]
