@@ -38,10 +38,11 @@ once): the table then gives per-seed figures and their mean, the curve the mean.
         [--json results.json]
     .venv/bin/python bench/time_to_quality.py --from-json a.json,b.json   # one table of earlier runs
 
-``--from-json`` measures nothing: it merges the ``--json`` files of earlier runs of this script on
-this machine (e.g. more seeds, added later) into one table and curve; the header states the
-recorded data (cases, test cases, threads, epoch cap: recorded with each result since session 10,
-older files take the command's options), and files that differ in it are refused.
+``--from-json`` measures nothing: it merges the ``--json`` files of earlier runs of this script
+(e.g. more seeds, added later) into one table and curve; the header states the recorded CPU (the
+files' headers; not this machine's) and data (cases, test cases, threads, epoch cap: recorded with
+each result since session 10, older files take the command's options), and files that differ in
+either are refused.
 """
 
 from __future__ import annotations
@@ -333,7 +334,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, help="also write every result here")
     p.add_argument("--seeds", "--seed", default="", help="the medseg arms' training seeds, comma-separated "
                    "(default: the config's; the data and the MONAI arm do not change): replicates of the comparison")
-    p.add_argument("--from-json", default="", help="comma-separated --json files of earlier runs on this machine: "
+    p.add_argument("--from-json", default="", help="comma-separated --json files of earlier runs (one CPU): "
                    "merge them into one table and curve, measuring nothing")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best",
                    help="whose test Dice the tables and the curve show: best.pt (chosen by the validation Dice, "
@@ -341,7 +342,7 @@ def main() -> None:
     a = p.parse_args()
     thresholds = [float(t) for t in a.thresholds.split(",")]
     if a.from_json:
-        results = merged([Path(x) for x in a.from_json.split(",") if x], setting(a))
+        results, cpu = merged([Path(x) for x in a.from_json.split(",") if x], setting(a))
         recorded = {json.dumps(r["setting"], sort_keys=True) for rows in results.values() for r in rows}
         if not recorded:
             raise SystemExit(f"time_to_quality: {a.from_json}: no results in the file(s)")
@@ -354,8 +355,8 @@ def main() -> None:
     else:
         budgets = [float(b) for b in a.budgets.split(",") if b]
         seeds = [int(x) for x in a.seeds.split(",") if x.strip()] or [None]
-        results = measure(a, budgets, seeds)
-    header = (f"{cpu_line(a.threads)}; {a.cases} built-in cases ({a.cases - a.test_cases} train+val, "
+        results, cpu = measure(a, budgets, seeds), cpu_line(a.threads)
+    header = (f"{cpu}; {a.cases} built-in cases ({a.cases - a.test_cases} train+val, "
               f"{a.test_cases} test), budgets {', '.join(f'{b:.0f}' for b in budgets)} s; medseg max_epochs "
               f"{a.max_epochs}" + (f", seeds {', '.join(map(str, seeds))}" if seeds != [None] else ""))
     measured = results
@@ -390,13 +391,20 @@ def setting(a: argparse.Namespace) -> dict:
     return {"cases": a.cases, "test_cases": a.test_cases, "threads": a.threads, "max_epochs": a.max_epochs}
 
 
-def merged(paths: list[Path], default: dict) -> dict[str, list[dict]]:
-    """The results of earlier runs' ``--json`` files, per arm in the order first seen; a result
-    without its recorded setting (files before session 10) takes ``default`` (the command's
-    options); a run (arm, budget, seed) measured twice is refused, whatever its setting."""
+def merged(paths: list[Path], default: dict) -> tuple[dict[str, list[dict]], str]:
+    """The results of earlier runs' ``--json`` files, per arm in the order first seen, and the CPU
+    they were measured on (their headers' first part; files whose header lacks it are taken as measured
+    on the same machine as the others). A result without its recorded setting (files before
+    session 10) takes ``default`` (the command's options); a run (arm, budget, seed) measured twice
+    is refused, whatever its setting, and so are files recorded on different CPUs."""
     results: dict[str, list[dict]] = {}
+    cpus: dict[str, Path] = {}
     for path in paths:
-        for arm, rows in json.loads(path.read_text())["results"].items():
+        saved = json.loads(path.read_text())
+        cpu = saved.get("header", "").split(";")[0]
+        if cpu.startswith("CPU:"):
+            cpus.setdefault(cpu, path)
+        for arm, rows in saved["results"].items():
             rows = [{**r, "setting": r.get("setting", default)} for r in rows]
             keys = [(r["budget"], r.get("seed")) for r in results.get(arm, []) + rows]
             twice = sorted({k for k in keys if keys.count(k) > 1})
@@ -404,7 +412,10 @@ def merged(paths: list[Path], default: dict) -> dict[str, list[dict]]:
                 raise SystemExit(f"time_to_quality: {path}: {arm} at (budget, seed) {twice} is measured twice "
                                  "(in this file or an earlier one)")
             results.setdefault(arm, []).extend(rows)
-    return results
+    if len(cpus) > 1:
+        raise SystemExit("time_to_quality: the files were measured on different CPUs: "
+                         + "; ".join(f"{p}: {c}" for c, p in cpus.items()))
+    return results, next(iter(cpus), "CPU: not recorded in the files")
 
 
 def measure(a: argparse.Namespace, budgets: list[float], seeds: list[int | None]) -> dict[str, list[dict]]:

@@ -69,8 +69,9 @@ def test_merged_files_take_the_command_setting_where_none_is_recorded_and_refuse
     old.write_text(json.dumps({"results": {"medseg wsd": [_run(400, 0, setting=None)]}}))
     new = tmp_path / "new.json"
     new.write_text(json.dumps({"results": {"medseg wsd": [_run(600, 0)], "medseg epochs": [_run(400, 0)]}}))
-    results = ttq.merged([old, new], SETTING)
+    results, cpu = ttq.merged([old, new], SETTING)
     assert [(r["budget"], r["setting"]) for r in results["medseg wsd"]] == [(400, SETTING), (600, SETTING)]
+    assert cpu == "CPU: not recorded in the files"
     again = tmp_path / "again.json"  # the same (arm, budget, seed), this time with a setting
     again.write_text(json.dumps({"results": {"medseg wsd": [_run(400, 0)]}}))
     with pytest.raises(SystemExit, match=r"again.json: medseg wsd at \(budget, seed\) \[\(400, 0\)\] is measured twice"):
@@ -105,6 +106,23 @@ def test_from_json_states_the_recorded_data_and_refuses_files_that_differ(tmp_pa
     b.write_text(json.dumps({"results": {}}))
     proc = _from_json(tmp_path, b)
     assert proc.returncode != 0 and "no results in the file(s)" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_from_json_states_the_cpu_the_files_recorded_not_this_machines(tmp_path):
+    """The header of a merged table names the CPU in the files' headers (a file without one goes with
+    them); files recorded on two CPUs are refused."""
+    intel = "CPU: Intel(R) Xeon(R) Processor @ 2.80GHz, AVX512-BF16 no, 2 cores, 2 threads"
+    a, b, c = tmp_path / "a.json", tmp_path / "b.json", tmp_path / "c.json"
+    a.write_text(json.dumps({"header": intel + "; 44 built-in cases", "results": {"medseg wsd": [_run(400, 0)]}}))
+    b.write_text(json.dumps({"results": {"medseg wsd": [_run(600, 0)]}}))
+    proc = _from_json(tmp_path, a, b)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith(intel + "; 44 built-in cases (20 train+val, 24 test), budgets 400, 600 s")
+    c.write_text(json.dumps({"header": "CPU: AMD EPYC, AVX512-BF16 yes, 2 cores, 2 threads; 44 built-in cases",
+                             "results": {"medseg wsd": [_run(1200, 0)]}}))
+    proc = _from_json(tmp_path, a, c)
+    assert proc.returncode != 0 and "measured on different CPUs" in proc.stderr and "Traceback" not in proc.stderr
+    assert "a.json: " + intel in proc.stderr and "c.json: CPU: AMD EPYC" in proc.stderr
 
 
 def _per_case(values):
