@@ -269,22 +269,53 @@ def at_last(results: dict[str, list[dict]]) -> dict[str, list[dict]]:
     return {arm: rows for arm, rows in out.items() if rows}
 
 
+def ema_pick(curve: list, smoothing: float = 0.9) -> int:
+    """The validation (0-based) whose moving average ``ema = smoothing * ema + (1 - smoothing) * dice``
+    is highest (the first of equal peaks): the one ``train.best_ema=smoothing`` chooses for best.pt."""
+    ema, best, chosen = None, -float("inf"), -1
+    for i, (_, dice) in enumerate(curve):
+        ema = dice if ema is None else smoothing * ema + (1 - smoothing) * dice
+        if ema > best:
+            best, chosen = ema, i
+    return chosen
+
+
 def selection(results: dict[str, list[dict]]) -> str:
     """The Markdown table of what choosing ``best.pt`` by the validation Dice does to the test
     Dice, against keeping the final weights (``last.pt``), per arm and budget over the runs that
-    recorded both (or ""): the epoch ``best.pt`` is from, the test mean Dice of each, last - best
-    per seed."""
-    lines = ["| arm | budget (s) | seeds | best.pt epoch / epochs run | test mean, best.pt | test mean, last.pt | "
-             "last - best per seed |", "|---" * 7 + "|"]
+    recorded both (or ""): the rule that chose ``best.pt`` (``train.best_ema``: 0, the highest Dice
+    itself, in runs that do not record it), the epoch it is from, the validation a 0.9 moving average
+    picks from the recorded curve, the test mean Dice of each checkpoint, last - best per seed. Then,
+    over the runs whose ``best.pt`` was chosen by the Dice itself and where the moving average picks
+    the final validation (whose weights are ``last.pt``'s, so its test Dice is measured), what the
+    moving average would have changed."""
+    lines = ["| arm | budget (s) | seeds | best.pt chosen by | best.pt epoch / epochs run | a 0.9 moving average "
+             "picks validation | test mean, best.pt | test mean, last.pt | last - best per seed |", "|---" * 9 + "|"]
+    gains = []
     for arm, rows in results.items():
         for budget, runs in group([r for r in rows if r.get("last") and "best_epoch" in r]).items():
             best = [r["test_mean_dice"] for r in runs]
             last = [r["last"]["test_mean_dice"] for r in runs]
+            rules = sorted({_rule(r) for r in runs})
+            picks = [(ema_pick(r["val_curve"]) + 1, len(r["val_curve"])) for r in runs]
+            gains += [y - x for r, (k, n), x, y in zip(runs, picks, best, last) if k == n and not r.get("best_ema")]
             lines.append(f"| {arm} | {budget:.0f} | {', '.join(str(r.get('seed', '-')) for r in runs)} | "
-                         + ", ".join(f"{r['best_epoch']} / {r['epochs']}" for r in runs)
+                         + ", ".join(rules) + " | " + ", ".join(f"{r['best_epoch']} / {r['epochs']}" for r in runs)
+                         + " | " + ", ".join(f"{k} of {n}" for k, n in picks)
                          + f" | {_fmt(statistics.mean(best), best)} | {_fmt(statistics.mean(last), last)} | "
                          + ", ".join(f"{y - x:+.3f}" for x, y in zip(best, last)) + " |")
-    return "\n".join(lines) if len(lines) > 2 else ""
+    if len(lines) == 2:
+        return ""
+    if gains:
+        lines += ["", f"Runs chosen by the Dice itself where the moving average picks the final validation: "
+                  f"{len(gains)}; choosing by the average (= last.pt there) changes their test mean Dice by "
+                  f"{statistics.mean(gains):+.4f} on average ({min(gains):+.3f} .. {max(gains):+.3f})."]
+    return "\n".join(lines)
+
+
+def _rule(run: dict) -> str:
+    """How a run chose best.pt: ``Dice`` (the highest validation Dice) or ``EMA <a>``."""
+    return f"EMA {run['best_ema']:g}" if run.get("best_ema") else "Dice"
 
 
 def draw(results: dict[str, list[dict]], png: Path, title: str) -> None:
@@ -376,7 +407,8 @@ def main() -> None:
               "averaged over the seeds; the CI and p over the test cases):\n\n" + pairs)
     chosen = selection(measured)
     if chosen:
-        print("\nThe checkpoint: best.pt (the highest validation mean Dice, the one exported and scored above"
+        print("\nThe checkpoint: best.pt (chosen by the validation mean Dice, or since session 15 by its moving "
+              "average, train.best_ema; the one exported and scored above"
               + (" by default" if a.checkpoint == "last" else "") + ") against the final weights (last.pt):\n\n"
               + chosen)
     draw(results, a.png, header)

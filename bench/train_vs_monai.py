@@ -99,7 +99,7 @@ def run_medseg(data: Path, work: Path, budget: float, threads: int, extra: list[
             "loop_seconds": sum(e["train_s"] for e in epochs), "val_curve": curve,
             "dice": ev["dice"], "cases": test_cases(work / "evaluate" / "metrics.json"),
             "peak_rss_mb": rss, "artifact": str(work / "export" / "artifact"), "best_epoch": train["best_epoch"],
-            "epochs": train["epochs"],
+            "epochs": train["epochs"], "best_ema": float(cfg.train.best_ema),
             "last": {"dice": ev_last["dice"], "cases": test_cases(work / "evaluate_last" / "metrics.json")}}
 
 

@@ -347,6 +347,10 @@ class TrainConfig:
     resume: str = "auto"  # auto | never | PATH of a training state
     keep_states: int = 2  # training states kept in states/
     patience: Optional[int] = None  # early stopping: validations without improvement; None: off
+    # best.pt and early stopping follow a moving average of the validation mean Dice,
+    # ema = best_ema * ema + (1 - best_ema) * dice (nnU-Net's 0.9); 0: the raw Dice (a lucky validation
+    # on a few cases picks the weights: docs/performance.md, "the checkpoint")
+    best_ema: float = 0.9
     fold: Optional[int] = None  # cross-validation fold (0 .. folds-1); None: the prepared split
     folds: int = 5
     num_workers: int = 0  # data-loader worker processes (augmentation runs there)
@@ -365,6 +369,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ValueError(f"train.decay_fraction={self.decay_fraction} must be in (0, 1]")
+        if not 0.0 <= self.best_ema < 1.0:
+            raise ValueError(f"train.best_ema={self.best_ema} must be in [0, 1)")
         if self.resume not in ("auto", "never") and not Path(self.resume).expanduser().exists():
             raise ValueError(f"train.resume={self.resume!r} must be auto, never or the path of a train folder "
                              "or a training state (not found)")

@@ -169,6 +169,13 @@ def test_arms_that_share_no_seed_are_paired_over_all_their_runs():
     assert cells[:4] == ["monai", "medseg wsd", "600", "+0.375"] and cells[6] == "-"
 
 
+def test_the_moving_average_pick_skips_a_lucky_validation():
+    curve = [[t, d] for t, d in enumerate([0.5, 0.9, 0.6, 0.8, 0.85, 0.85])]
+    assert ttq.ema_pick(curve) == 5  # averages 0.5, 0.54, 0.546, 0.571, 0.599, 0.624
+    assert ttq.ema_pick(curve, smoothing=0.0) == 1  # the highest Dice itself
+    assert ttq.ema_pick(curve, smoothing=0.5) == 5 and ttq.ema_pick([[0, 0.7], [1, 0.7]]) == 0  # the first of equals
+
+
 def test_the_final_weights_replace_best_pt_only_where_recorded(tmp_path):
     """``--checkpoint last`` scores every run by its final weights: the per-region, per-case and
     mean test Dice all come from ``last``; runs without it (the MONAI arm, older files) drop out."""
@@ -185,15 +192,50 @@ def test_the_final_weights_replace_best_pt_only_where_recorded(tmp_path):
     # the selection table: every run that recorded both, here two seeds of one arm (MONAI recorded none)
     two = {"medseg wsd": [run, {**run, "seed": 1, "best_epoch": 15, "last": {**run["last"], "test_mean_dice": 0.125}}],
            "monai": [_run(600, None)]}
-    rows = ttq.selection(two).splitlines()[2:]
+    table = ttq.selection(two).splitlines()
+    rows = [line for line in table if line.startswith("| medseg")]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
-    assert cells == ["medseg wsd", "600", "0, 1", "3 / 15, 15 / 15", "0.250 (0.250, 0.250)",
+    assert cells == ["medseg wsd", "600", "0, 1", "Dice", "3 / 15, 15 / 15", "2 of 2, 2 of 2", "0.250 (0.250, 0.250)",
                      "0.375 (0.625, 0.125)", "+0.375, -0.125"]
+    # both chosen by the Dice itself, the average picking the final validation: last.pt's Dice is its choice's
+    assert table[-1].startswith("Runs chosen by the Dice itself where the moving average picks the final "
+                                "validation: 2;") and "by +0.1250 on average (-0.125 .. +0.375)" in table[-1]
     # seed 1 of medseg wsd recorded no final weights: the table covers seed 0 alone
-    assert [c.strip() for c in ttq.selection(results).splitlines()[2].strip("|").split("|")][2:4] == ["0", "3 / 15"]
+    assert [c.strip() for c in ttq.selection(results).splitlines()[2].strip("|").split("|")][2:5] == ["0", "Dice", "3 / 15"]
+    # a run whose best.pt the moving average chose already is not counted as a change
+    smoothed = {"medseg budget": [{**run, "best_ema": 0.9}]}
+    table = ttq.selection(smoothed).splitlines()
+    assert "| EMA 0.9 |" in table[2] and not table[-1].startswith("Runs chosen")
     assert ttq.selection({"monai": [_run(600, None)]}) == ""
     old = tmp_path / "old.json"  # a file from before the final weights were recorded
     old.write_text(json.dumps({"results": {"medseg wsd": [_run(600, 0)]}}))
     proc = _from_json(tmp_path, old, extra=["--checkpoint", "last"])
     assert proc.returncode != 0 and "no run recorded its final weights" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_the_medseg_arm_scores_best_pt_and_the_final_weights_apart(tmp_path):
+    """bench/train_vs_monai.py's medseg arm on a tiny set: the headline Dice is best.pt's, ``last``
+    the final weights' (evaluated from last.pt into its own folder), both on every test case."""
+    from medseg.data.synthetic import SynthConfig, write_msd_dataset
+    from medseg.models.checkpoint import load_checkpoint
+    from medseg.utils.files import sha256_file
+    from train_vs_monai import run_medseg
+
+    data = write_msd_dataset(tmp_path / "data", SynthConfig(n=8, n_test=2, spacing=2.0, fov_mm=(96.0, 96.0, 96.0), seed=3))
+    work = tmp_path / "work"
+    result = run_medseg(data, work, budget=25, threads=2,
+                        extra=["train.budget_schedule=true", "train.seed=0"])
+    test_names = sorted(p.name.split(".")[0] for p in (data / "labelsTs").glob("*.nii.gz"))
+    assert sorted(result["cases"]) == sorted(result["last"]["cases"]) == test_names
+    assert set(result["dice"]) == set(result["last"]["dice"]) == set(REGIONS)
+    assert 0 <= result["best_epoch"] < result["epochs"]
+    _, best = load_checkpoint(work / "train" / "best.pt")
+    _, last = load_checkpoint(work / "train" / "last.pt")
+    for folder, checkpoint in (("evaluate", "best.pt"), ("evaluate_last", "last.pt")):  # each scored apart
+        metrics = json.loads((work / folder / "metrics.json").read_text())
+        assert Path(metrics["checkpoint"]) == work / "train" / checkpoint
+        assert metrics["model_sha256"] == sha256_file(work / "train" / checkpoint)
+    # best.pt is the best validation's epoch, last.pt the final one
+    assert (best.epoch, last.epoch) == (result["best_epoch"], result["epochs"] - 1)

@@ -22,7 +22,7 @@ from medseg.config import (AugmentConfig, Device, LossKind, ModelConfig, Norm, O
                            TargetMode, TrainConfig)
 from medseg.data.dataset import CachedCase
 from medseg.data.labels import LabelSpec
-from medseg.engine.state import latest_state
+from medseg.engine.state import TrainState, latest_state
 from medseg.inference.targets import Target
 from medseg.engine.trainer import fit
 from medseg.models.checkpoint import load_checkpoint
@@ -87,6 +87,52 @@ def test_early_stopping(tmp_path):
     assert result.epochs_run == 2 and result.stopped_by.startswith("early stopping")
 
 
+@pytest.mark.parametrize("smoothing", [0.9, 0.0])
+def test_best_pt_is_the_epoch_whose_moving_average_of_the_validation_dice_peaks(tmp_path, smoothing):
+    """best.pt is the epoch of the highest ema = a * ema + (1 - a) * Dice over the validations
+    (a = train.best_ema; 0: the highest Dice itself), recomputed here from metrics.jsonl."""
+    cfg = replace(TRAIN_CFG, max_epochs=8, val_every=1, best_ema=smoothing)
+    cases = [_separable_case(s) for s in range(3)]
+    result = fit(cfg, MODEL_CFG, cases[:2], cases[2:], Target("labels", LabelSpec()), 3, tmp_path)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    dice = [x["val_mean_dice"] for x in lines]
+    ema, averages = None, []
+    for d in dice:
+        ema = d if ema is None else smoothing * ema + (1 - smoothing) * d
+        averages.append(ema)
+    assert [x["val_mean_dice_ema"] for x in lines] == pytest.approx(averages)
+    chosen = max(range(len(averages)), key=lambda i: (averages[i], -i))  # the first of equal peaks
+    assert result.best_epoch == chosen and result.best_metric == pytest.approx(dice[chosen])
+    _, meta = load_checkpoint(result.best_checkpoint)
+    assert meta.epoch == chosen and meta.best_metric == pytest.approx(dice[chosen])
+    if smoothing == 0.0:
+        assert result.best_metric == max(dice)
+
+
+def test_the_moving_average_ignores_a_lucky_validation_and_reads_older_states():
+    lucky = [0.5, 0.9, 0.6, 0.8, 0.85, 0.85]
+    raw, smooth = TrainState(), TrainState()
+    for epoch, score in enumerate(lucky):
+        raw.observe(score, validated=True, epoch=epoch)
+        smooth.observe(score, validated=True, epoch=epoch, smoothing=0.5)
+    assert (raw.best, raw.best_epoch, raw.stale) == (0.9, 1, 4)
+    assert (smooth.best, smooth.best_epoch, smooth.stale) == (0.85, 5, 0)
+    assert smooth.best_ema == pytest.approx(0.81875) and TrainState.from_dict(smooth.to_dict()) == smooth
+    # a state written before the average existed chose by the score: the average starts at its best
+    old = TrainState.from_dict({"epoch": 4, "iteration": 40, "best": 0.8, "best_epoch": 2, "stale": 1})
+    assert old.best_ema == old.ema == 0.8
+    assert not old.observe(0.7, validated=True, epoch=4, smoothing=0.9) and old.stale == 2  # average 0.79
+    assert old.observe(0.95, validated=True, epoch=5, smoothing=0.9)  # average 0.806
+    assert (old.best, old.best_epoch, old.stale) == (0.95, 5, 0)
+    fresh = TrainState.from_dict({"epoch": 0, "iteration": 0, "best": -float("inf"), "best_epoch": -1, "stale": 0})
+    assert fresh.ema is None and fresh.observe(0.1, validated=True, smoothing=0.9)
+
+
+def test_best_ema_outside_its_range_is_refused():
+    with pytest.raises(ValueError, match=r"train.best_ema=1.0 must be in \[0, 1\)"):
+        replace(TRAIN_CFG, best_ema=1.0)
+
+
 def _weights(path: Path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)[0]
 
@@ -131,6 +177,10 @@ def test_resume_after_kill_equals_uninterrupted_and_runs_are_deterministic(prepa
     assert _same(tmp_path / "a" / "last.pt", tmp_path / "k" / "last.pt")
     lines = [json.loads(x) for x in (tmp_path / "k" / "metrics.jsonl").read_text().splitlines()]
     assert [x["epoch"] for x in lines] == [0, 1, 2]
+    # the moving average that chooses best.pt is recorded as in the uninterrupted run (its state
+    # round trip: test_the_moving_average_ignores_a_lucky_validation_and_reads_older_states)
+    uninterrupted = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    assert [x["val_mean_dice_ema"] for x in lines] == [x["val_mean_dice_ema"] for x in uninterrupted]
 
 
 def test_extend_finished_run_and_fall_back_from_a_corrupt_state(prepared, tmp_path):

@@ -170,6 +170,8 @@ class TrainingLog:
         if "val_dice" in record:
             parts = ", ".join(f"{k} {v:.3f}" for k, v in record["val_dice"].items())
             val = f", val mean Dice {record['val_mean_dice']:.4f} ({parts})"
+            if "val_mean_dice_ema" in record:
+                val += f", moving average {record['val_mean_dice_ema']:.4f}"
         log.info("epoch %d: loss %.4f, %s%s", record["epoch"], record["loss"],
                  self.speed.describe(int(record["iteration"])), val)
 
@@ -190,6 +192,8 @@ def _scalars(record: Mapping[str, Any]) -> dict[str, float]:
     scalars.update({f"val/dice_{r}": v for r, v in record.get("val_dice", {}).items()})
     if "val_mean_dice" in record:
         scalars["val/mean_dice"] = record["val_mean_dice"]
+    if "val_mean_dice_ema" in record:
+        scalars["val/mean_dice_ema"] = record["val_mean_dice_ema"]
     return scalars
 
 

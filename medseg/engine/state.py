@@ -3,7 +3,7 @@
 ``states/state-<epoch>.pt`` holds the model, optimiser, scheduler (with a time budget: the budget
 seconds used, iterations, measured seconds per iteration and last validation point of
 :class:`~medseg.engine.schedule.BudgetSchedule`) and grad-scaler states, every RNG state (Python, numpy, torch, CUDA) and, under ``"progress"``, the :class:`TrainState` (epoch,
-iteration, best metric, early-stopping counter); ``states/state-<epoch>.json`` holds its sha256.
+iteration, best metric, early-stopping counter, moving average of the validation Dice); ``states/state-<epoch>.json`` holds its sha256.
 The newest ``keep`` states are kept. :func:`latest_state` returns the newest state whose checksum matches; a corrupt or truncated
 state is reported with a warning and the one before it is used. Only tensors and plain data are
 stored, so states load with ``torch.load(weights_only=True)``.
@@ -38,9 +38,16 @@ class TrainState:
     Attributes:
         epoch: epochs completed (the next epoch to run).
         iteration: optimiser steps taken.
-        best: best score so far (validation mean Dice, or minus the loss without validation cases).
+        best: the score of the chosen epoch (``best.pt``): validation mean Dice, or minus the loss
+            without validation cases.
         best_epoch: epoch of ``best`` (-1 before the first score).
         stale: validations since the last improvement (early stopping).
+        ema: exponential moving average of the scores so far (``None`` before the first).
+        best_ema: ``ema`` at ``best_epoch``: what a later score's average must beat.
+
+    The choice follows the moving average ``ema = smoothing * ema + (1 - smoothing) * score`` (the
+    first score starts it), nnU-Net's rule for its best checkpoint: one lucky validation on a few
+    cases does not pick the weights; ``smoothing=0`` picks the highest score itself.
 
     Example:
         >>> state = TrainState()
@@ -48,6 +55,11 @@ class TrainState:
         (True, False)
         >>> state.best, state.stale
         (0.5, 1)
+        >>> smooth = TrainState()
+        >>> [smooth.observe(s, True, epoch=e, smoothing=0.5) for e, s in enumerate([0.5, 0.9, 0.6, 0.8, 0.85, 0.85])]
+        [True, True, False, True, True, True]
+        >>> smooth.best, smooth.best_epoch  # not the lucky 0.9 of epoch 1
+        (0.85, 5)
     """
 
     epoch: int = 0
@@ -55,17 +67,24 @@ class TrainState:
     best: float = -math.inf
     best_epoch: int = -1
     stale: int = 0
+    ema: float | None = None
+    best_ema: float = -math.inf
 
-    def observe(self, score: float | None, validated: bool, epoch: int | None = None) -> bool:
-        """Record the ``score`` of ``epoch`` (default: :attr:`epoch`); ``True`` when it is a new best.
+    def observe(self, score: float | None, validated: bool, epoch: int | None = None,
+                smoothing: float = 0.0) -> bool:
+        """Record the ``score`` of ``epoch`` (default: :attr:`epoch`); ``True`` when its moving
+        average (``smoothing``: the weight of the average so far; 0: the score itself) is a new best.
 
         A score that does not improve counts towards early stopping only when it came from a
         validation (``validated``).
         """
         if score is None:
             return False
-        if score > self.best:
-            self.best, self.best_epoch, self.stale = float(score), self.epoch if epoch is None else epoch, 0
+        score = float(score)
+        self.ema = score if self.ema is None else smoothing * self.ema + (1.0 - smoothing) * score
+        if self.ema > self.best_ema:
+            self.best, self.best_ema, self.stale = score, self.ema, 0
+            self.best_epoch = self.epoch if epoch is None else epoch
             return True
         if validated:
             self.stale += 1
@@ -77,9 +96,14 @@ class TrainState:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> TrainState:
-        """Read :meth:`to_dict`'s output (the ``progress`` dict of older states too)."""
+        """Read :meth:`to_dict`'s output (the ``progress`` dict of older states too: those chose by
+        the score itself, so their best score is the average to beat and the average starts there)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if "best_ema" not in values:
+            best = float(values.get("best", -math.inf))
+            values.update(best_ema=best, ema=best if math.isfinite(best) else None)
+        return cls(**values)
 
 
 def rng_state() -> dict[str, Any]:

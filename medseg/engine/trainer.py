@@ -212,7 +212,9 @@ def end_epoch(s: TrainSession, state: TrainState, run: FitRun, record: dict[str,
     else:
         record["elapsed_s"] = time.monotonic() - run.start
     score = record.get("val_mean_dice", -record["loss"] if not run.val_cases else None)
-    improved = state.observe(score, validated="val_dice" in record, epoch=epoch)
+    improved = state.observe(score, validated="val_dice" in record, epoch=epoch, smoothing=cfg.best_ema)
+    if "val_dice" in record:
+        record["val_mean_dice_ema"] = state.ema  # what chooses best.pt
     state.epoch = epoch + 1
     if s.rank == 0:
         _save_epoch(s, state, run, dataclasses.replace(run.meta, epoch=epoch, iteration=state.iteration,

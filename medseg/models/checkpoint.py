@@ -47,7 +47,7 @@ class CheckpointMeta:
         epoch: epoch the weights were saved after (``None`` when unknown).
         iteration: iterations done when they were saved.
         val: validation Dice per region at that epoch, when validated.
-        best_metric: the best validation score so far (``best.pt`` only).
+        best_metric: the validation score of the epoch ``best.pt`` holds (``best.pt`` only).
         accepted_subsets: the channel subsets the network was trained to accept (channel dropout,
             see :func:`medseg.data.augment.accepted_subsets`); empty in checkpoints written before
             it was recorded (only the full set).

@@ -29,7 +29,8 @@ class TrainResult:
     """What :func:`train` returns.
 
     Attributes:
-        best_checkpoint: ``best.pt`` (best validation mean Dice, or lowest loss without validation cases).
+        best_checkpoint: ``best.pt`` (highest moving average of the validation mean Dice, ``train.best_ema``;
+            lowest loss without validation cases).
         last_checkpoint: ``last.pt`` (the last epoch).
         summary: the stage summary (``summary.json``).
         fit: the trainer's result.
@@ -80,8 +81,8 @@ def train(cfg: Any, prepared: PreparedDataset, out_dir: Path) -> TrainResult:
 def _summary(result: FitResult, fold: int | None) -> dict[str, Any]:
     """Log the outcome; the stage summary."""
     best = result.best_metric if math.isfinite(result.best_metric) else None
-    log.info("train: best validation mean Dice %s at epoch %d; %d epochs, %d iterations in %.0f s (%s)",
-             f"{best:.4f}" if best is not None else "n/a", result.best_epoch, result.epochs_run,
+    log.info("train: best.pt from epoch %d (validation mean Dice %s); %d epochs, %d iterations in %.0f s (%s)",
+             result.best_epoch, f"{best:.4f}" if best is not None else "n/a", result.epochs_run,
              result.iterations, result.seconds, result.stopped_by)
     return {"best_val_mean_dice": best, "best_epoch": result.best_epoch,
             "epochs": result.epochs_run, "iterations": result.iterations,
