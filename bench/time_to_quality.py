@@ -270,14 +270,14 @@ def at_last(results: dict[str, list[dict]]) -> dict[str, list[dict]]:
 
 
 def ema_pick(curve: list, smoothing: float = 0.9) -> int:
-    """The validation (0-based) whose moving average ``ema = smoothing * ema + (1 - smoothing) * dice``
-    is highest (the first of equal peaks): the one ``train.best_ema=smoothing`` chooses for best.pt."""
-    ema, best, chosen = None, -float("inf"), -1
+    """The validation (0-based) that ``train.best_ema=smoothing`` chooses for best.pt from a recorded
+    curve: the trainer's own rule (:meth:`medseg.engine.state.TrainState.observe`) replayed."""
+    from medseg.engine.state import TrainState
+
+    state = TrainState()
     for i, (_, dice) in enumerate(curve):
-        ema = dice if ema is None else smoothing * ema + (1 - smoothing) * dice
-        if ema > best:
-            best, chosen = ema, i
-    return chosen
+        state.observe(dice, validated=True, epoch=i, smoothing=smoothing)
+    return state.best_epoch
 
 
 def selection(results: dict[str, list[dict]]) -> str:

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 
 from medseg.config import TrainConfig
-from medseg.engine.logging import ProgressLines, TrainingLog, format_eta
+from medseg.engine.logging import ProgressLines, TrainingLog, _scalars, format_eta
 
 CFG = TrainConfig(tensorboard=False, mlflow=False, progress=True)
 
@@ -90,3 +90,13 @@ def test_terminal_gets_the_bar_and_progress_false_gets_neither(tmp_path, capture
 
 def test_format_eta():
     assert format_eta(0) == "0:00:00" and format_eta(59.6) == "0:01:00" and format_eta(float("nan")) == "?"
+
+
+def test_the_moving_average_that_chooses_best_pt_is_logged(tmp_path, captured):
+    record = {**_epoch_record(0, 10), "val_mean_dice_ema": 0.65}
+    assert _scalars(record)["val/mean_dice_ema"] == 0.65
+    assert "val/mean_dice_ema" not in _scalars(_epoch_record(0, 10))
+    logger = TrainingLog(tmp_path, CFG, total=20, epoch=0, iteration=0, stream=io.StringIO(), every_s=0.0)
+    logger.epoch(record)
+    logger.close()
+    assert "val mean Dice 0.7000 (tumour 0.700), moving average 0.6500" in captured.getvalue()
