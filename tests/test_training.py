@@ -103,6 +103,7 @@ def test_best_pt_is_the_epoch_whose_moving_average_of_the_validation_dice_peaks(
     assert [x["val_mean_dice_ema"] for x in lines] == pytest.approx(averages)
     chosen = max(range(len(averages)), key=lambda i: (averages[i], -i))  # the first of equal peaks
     assert result.best_epoch == chosen and result.best_metric == pytest.approx(dice[chosen])
+    assert result.best_metric_ema == pytest.approx(averages[chosen])  # the summary's best_val_mean_dice_ema
     _, meta = load_checkpoint(result.best_checkpoint)
     assert meta.epoch == chosen and meta.best_metric == pytest.approx(dice[chosen])
     if smoothing == 0.0:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ class FitResult:
     resumed_from: str | None = None
     budget: dict[str, Any] | None = None  # a budget schedule's figures (planned iterations, s/iteration, ...)
     peak_memory_gb: float | None = None  # torch.cuda.max_memory_allocated on a GPU (None on CPU)
+    best_metric_ema: float | None = None  # the moving average (train.best_ema) at best_epoch: what chose it
 
 
 @dataclass
@@ -150,7 +152,8 @@ def _finish(s: TrainSession, state: TrainState, run: FitRun, epoch: int, stopped
     return FitResult(best_metric=state.best, best_epoch=state.best_epoch, epochs_run=state.epoch,
                      iterations=state.iteration, seconds=time.monotonic() - run.start, stopped_by=stopped_by,
                      best_checkpoint=run.best_path, last_checkpoint=run.last_path, resumed_from=resumed_from,
-                     budget=s.budget.summary() if s.budget is not None else None, peak_memory_gb=peak)
+                     budget=s.budget.summary() if s.budget is not None else None, peak_memory_gb=peak,
+                     best_metric_ema=state.best_ema if math.isfinite(state.best_ema) else None)
 
 
 def plan_channels(plan: Mapping[str, Any] | None, in_channels: int) -> list[str]:

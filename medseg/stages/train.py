@@ -84,8 +84,8 @@ def _summary(result: FitResult, fold: int | None) -> dict[str, Any]:
     log.info("train: best.pt from epoch %d (validation mean Dice %s); %d epochs, %d iterations in %.0f s (%s)",
              result.best_epoch, f"{best:.4f}" if best is not None else "n/a", result.epochs_run,
              result.iterations, result.seconds, result.stopped_by)
-    return {"best_val_mean_dice": best, "best_epoch": result.best_epoch,
-            "epochs": result.epochs_run, "iterations": result.iterations,
+    return {"best_val_mean_dice": best, "best_val_mean_dice_ema": result.best_metric_ema,
+            "best_epoch": result.best_epoch, "epochs": result.epochs_run, "iterations": result.iterations,
             "train_seconds": result.seconds, "stopped_by": result.stopped_by, "resumed_from": result.resumed_from,
             "fold": fold, "best_checkpoint": str(result.best_checkpoint),
             "last_checkpoint": str(result.last_checkpoint), "budget": result.budget,
