@@ -339,6 +339,7 @@ class TrainConfig:
     schedule: Schedule = Schedule.cosine
     warmup_iters: int = 50
     decay_fraction: float = 1.0  # share of the run over which the LR decays (1: all after warm-up; 0.3: peak held to 70 %)
+    min_lr_ratio: float = 0.0  # the rate the decay ends at, as a share of lr (0: anneal to 0; 0.1: to lr / 10)
     grad_clip: float = 12.0
     precision: Precision = Precision.auto  # auto: bf16 on GPUs and CPUs with native bf16, else fp32
     compile: bool = False  # torch.compile the network for training
@@ -369,6 +370,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.decay_fraction <= 1.0:
             raise ValueError(f"train.decay_fraction={self.decay_fraction} must be in (0, 1]")
+        if not 0.0 <= self.min_lr_ratio < 1.0:
+            raise ValueError(f"train.min_lr_ratio={self.min_lr_ratio} must be in [0, 1)")
         if not 0.0 <= self.best_ema < 1.0:
             raise ValueError(f"train.best_ema={self.best_ema} must be in [0, 1)")
         if self.resume not in ("auto", "never") and not Path(self.resume).expanduser().exists():

@@ -115,6 +115,34 @@ def test_decay_fraction_holds_the_peak_then_anneals_at_the_end(dt):
         assert iteration_lrs == pytest.approx(lrs, abs=1e-12)
 
 
+@pytest.mark.parametrize("dt", [1e-4, 1.0])
+def test_min_lr_ratio_ends_the_decay_at_that_share_of_the_peak(dt):
+    """``train.min_lr_ratio=0.1``: the same shape, ``0.1 + 0.9 * factor`` after warm-up, ending at
+    lr / 10 at the budget (fast and slow machine) and at the last iteration without a budget."""
+    cfg = replace(BUDGET_CFG, min_lr_ratio=0.1)
+    sched, lrs, _ = _simulate(cfg, dt)
+    _, plain_lrs, _ = _simulate(BUDGET_CFG, dt)
+    assert sched.finished and sched.get_last_lr() == pytest.approx([0.1])
+    assert sched.summary()["final_lr"] == pytest.approx(0.1)
+    w = cfg.warmup_iters
+    assert lrs[:w] == pytest.approx(plain_lrs[:w], abs=1e-12)  # the warm-up ramp is unchanged
+    assert lrs[w:] == pytest.approx([0.1 + 0.9 * x for x in plain_lrs[w:len(lrs)]], abs=1e-12)
+    assert min(lrs[w:]) >= 0.1 - 1e-12
+    opt = torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=1.0)
+    plain = build_scheduler(opt, replace(cfg, max_time_s=None))
+    for _ in range(48):
+        opt.step()
+        plain.step()
+    assert plain.get_last_lr() == pytest.approx([lr_factor(48, 48, 4, "cosine", floor=0.1)]) and \
+        lr_factor(48, 48, 4, "cosine", floor=0.1) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.0])
+def test_min_lr_ratio_outside_its_range_is_refused(bad):
+    with pytest.raises(ValueError, match=r"train.min_lr_ratio=.* must be in \[0, 1\)"):
+        replace(BUDGET_CFG, min_lr_ratio=bad)
+
+
 @pytest.mark.parametrize("bad", [0.0, -0.5, 1.5])
 def test_decay_fraction_outside_its_range_is_refused(bad):
     with pytest.raises(ValueError, match="decay_fraction"):

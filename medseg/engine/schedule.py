@@ -12,8 +12,8 @@ Two ways to measure how far a run is:
 - by the budget (``train.max_time_s`` set and ``train.budget_schedule=true``, the default):
   :class:`BudgetSchedule`. Progress is ``max(iterations done / planned, seconds used / budget)``.
   The decay starts at the same fraction of progress as ``warmup_iters`` is of ``max_epochs *
-  iters_per_epoch`` (or at ``1 - decay_fraction``, if later) and reaches its floor (0) exactly
-  when progress reaches 1; the linear warm-up
+  iters_per_epoch`` (or at ``1 - decay_fraction``, if later) and reaches its floor
+  (``train.min_lr_ratio`` of the peak; 0 by default) exactly when progress reaches 1; the linear warm-up
   ramp lasts ``warmup_iters`` scaled by planned / maximum iterations. Validations fall at evenly
   spaced fractions of the budget, one per ``val_every * iters_per_epoch`` planned iterations (so
   they cost the same share of the time as ``val_every`` does without a budget), and at its end.
@@ -61,33 +61,41 @@ def decay(progress: float, schedule: str) -> float:
     return 1.0
 
 
-def lr_factor(it: int, total: int, warmup: int, schedule: str, decay_fraction: float = 1.0) -> float:
+def lr_factor(it: int, total: int, warmup: int, schedule: str, decay_fraction: float = 1.0,
+              floor: float = 0.0) -> float:
     """Learning-rate multiplier at iteration ``it`` of ``total``: linear warm-up, the peak held,
-    then the decay over the last ``decay_fraction`` of ``total`` (all of it after warm-up when 1).
+    then the decay over the last ``decay_fraction`` of ``total`` (all of it after warm-up when 1)
+    from 1 to ``floor`` (``train.min_lr_ratio``).
 
     >>> lr_factor(0, 100, 10, "cosine"), lr_factor(10, 100, 10, "cosine"), lr_factor(50, 100, 0, "constant")
     (0.1, 1.0, 1.0)
     >>> lr_factor(60, 100, 10, "cosine", 0.4), lr_factor(80, 100, 10, "cosine", 0.4)
     (1.0, 0.5)
+    >>> lr_factor(100, 100, 0, "cosine", floor=0.1), lr_factor(50, 100, 0, "cosine", floor=0.1)
+    (0.1, 0.55)
     """
     if warmup > 0 and it < warmup:
         return (it + 1) / warmup
     start = max(warmup, round(total * (1.0 - decay_fraction)))
-    return decay((it - start) / max(1, total - start), schedule)
+    return floor + (1.0 - floor) * decay((it - start) / max(1, total - start), schedule)
 
 
-def budget_factor(progress: float, warm: float, schedule: str, ramp: float = 1.0, decay_fraction: float = 1.0) -> float:
+def budget_factor(progress: float, warm: float, schedule: str, ramp: float = 1.0, decay_fraction: float = 1.0,
+                  floor: float = 0.0) -> float:
     """Learning-rate multiplier at ``progress`` (0..1) of a budget: the warm-up ``ramp`` (0..1)
-    times the decay, which starts at progress ``max(warm, 1 - decay_fraction)`` and reaches 0 at
-    progress 1.
+    times the decay, which starts at progress ``max(warm, 1 - decay_fraction)`` and reaches
+    ``floor`` (``train.min_lr_ratio``; 0 by default) at progress 1.
 
     >>> [round(budget_factor(p, 0.1, "cosine"), 6) for p in (0.0, 0.1, 0.55, 1.0)], budget_factor(0.0, 0.1, "poly", 0.25)
     ([1.0, 1.0, 0.5, 0.0], 0.25)
     >>> [round(budget_factor(p, 0.1, "cosine", decay_fraction=0.4), 6) for p in (0.5, 0.6, 0.8, 1.0)]
     [1.0, 1.0, 0.5, 0.0]
+    >>> budget_factor(1.0, 0.1, "cosine", floor=0.1), round(budget_factor(0.55, 0.1, "cosine", 0.5, floor=0.1), 6)
+    (0.1, 0.275)
     """
     start = max(warm, 1.0 - decay_fraction)
-    return ramp * decay((progress - start) / (1.0 - start) if start < 1.0 else 1.0, schedule)
+    share = (progress - start) / (1.0 - start) if start < 1.0 else 1.0
+    return ramp * (floor + (1.0 - floor) * decay(share, schedule))
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -109,7 +117,8 @@ def build_scheduler(opt: torch.optim.Optimizer, cfg: TrainConfig, clock: Clock =
     if cfg.max_time_s is not None and cfg.budget_schedule:
         return BudgetSchedule(opt, cfg, clock, sync)
     total, warmup, schedule = cfg.max_epochs * cfg.iters_per_epoch, cfg.warmup_iters, choice(cfg.schedule)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, total, warmup, schedule, cfg.decay_fraction))
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda it: lr_factor(it, total, warmup, schedule, cfg.decay_fraction, cfg.min_lr_ratio))
 
 
 class BudgetSchedule:
@@ -151,7 +160,7 @@ class BudgetSchedule:
         self.nominal = max(1, cfg.max_epochs * cfg.iters_per_epoch)
         self.warmup_iters = max(0, cfg.warmup_iters)
         self.warm = min(1.0, self.warmup_iters / self.nominal)
-        self.kind, self.decay_fraction = choice(cfg.schedule), cfg.decay_fraction
+        self.kind, self.decay_fraction, self.floor = choice(cfg.schedule), cfg.decay_fraction, cfg.min_lr_ratio
         self.val_span = max(1, cfg.val_every * cfg.iters_per_epoch)  # planned iterations between validations
         self.base_lrs = [float(g.setdefault("initial_lr", g["lr"])) for g in opt.param_groups]
         self.iteration, self.planned, self.last_validated = 0, self.nominal, 0.0
@@ -198,7 +207,7 @@ class BudgetSchedule:
     def _apply(self) -> None:
         ramp_iters = max(1, round(self.warmup_iters * self.planned / self.nominal)) if self.warmup_iters else 0
         ramp = min(1.0, (self.iteration + 1) / ramp_iters) if ramp_iters else 1.0
-        factor = budget_factor(self.progress, self.warm, self.kind, ramp, self.decay_fraction)
+        factor = budget_factor(self.progress, self.warm, self.kind, ramp, self.decay_fraction, self.floor)
         for group, base in zip(self.opt.param_groups, self.base_lrs):
             group["lr"] = base * factor
 
