@@ -75,7 +75,7 @@ gpu-check: $(STAMP)
 SEEDS ?=
 bench-ttq: $(STAMP)
 	$(BIN)/python bench/time_to_quality.py --budgets 60,180,600 --cases 32 --test-cases 12 --threads 2 \
-	  $(if $(SEEDS),--seeds $(SEEDS))
+	  --png docs/time_to_quality.png $(if $(SEEDS),--seeds $(SEEDS))
 
 # Builds the CPU image and runs the batch job offline on built-in cases (needs a Docker engine or
 # Debian's docker.io; see docker/test.sh). Not part of `make test`.

@@ -11,6 +11,8 @@ as in ``bench/train_vs_monai.py``) every arm trains once from scratch in its own
   peak rate held to 70 % of B, then the cosine decay to 0 at B);
 - ``medseg wsd50``: the same with ``train.decay_fraction=0.5`` (held to half of B, decayed over the
   second half);
+- ``medseg floor``: the budget cosine ending at a tenth of the peak (``train.min_lr_ratio=0.1``)
+  instead of 0;
 - ``medseg epochs``: the same with ``train.budget_schedule=false`` (cosine sized for
   ``train.max_epochs``, cut off at B: the schedule before the budget-aware one);
 - ``monai``: ``bench/train_vs_monai.py``'s MONAI arm (the tutorial recipe, stopped at B).
@@ -25,11 +27,12 @@ budget at which each arm's test mean region Dice first reaches each ``--threshol
 time into the longest run at which its validation mean Dice first does, and, for every two arms at a
 budget, the paired per-case difference of the test mean Dice (bootstrap 95 % CI and Wilcoxon p over
 the test cases, the difference per seed, the cases that differ most), and, for the medseg runs, the
-test mean Dice of ``best.pt`` (chosen by the validation Dice; the one scored everywhere else)
-against the final weights' (``last.pt``; ``--checkpoint last`` puts those in every table and the
-curve instead); wall s is each run's
-preparation plus training (``medseg epochs`` finishes the epoch that crosses the budget). Drawn: ``--png`` (test mean
-Dice against budget; validation curves of the longest budget). Every figure states the CPU.
+test mean Dice of ``best.pt`` (chosen by the moving average of the validation Dice,
+``train.best_ema``; the one scored everywhere else) against the final weights' (``last.pt``;
+``--checkpoint last`` puts those in every table and the curve instead); wall s is each run's
+preparation plus training (``medseg epochs`` finishes the epoch that crosses the budget). Drawn:
+``--png`` (test mean Dice against budget; validation curves of the longest budget; by default
+under ``outputs/bench/``, so that a run never replaces a figure in ``docs/``). Every figure states the CPU.
 With ``--seeds 0,1,...`` every medseg arm runs once per training seed (same data; the MONAI arm
 once): the table then gives per-seed figures and their mean, the curve the mean.
 
@@ -69,6 +72,7 @@ ARMS = {
     "medseg budget": ("medseg", ["train.budget_schedule=true"]),
     "medseg wsd": ("medseg", ["train.budget_schedule=true", "train.decay_fraction=0.3"]),
     "medseg wsd50": ("medseg", ["train.budget_schedule=true", "train.decay_fraction=0.5"]),
+    "medseg floor": ("medseg", ["train.budget_schedule=true", "train.min_lr_ratio=0.1"]),
     "medseg epochs": ("medseg", ["train.budget_schedule=false"]),
     "monai": ("monai", []),
 }
@@ -361,7 +365,8 @@ def main() -> None:
     p.add_argument("--max-epochs", type=int, default=200, help="medseg arms' train.max_epochs (a cap)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of: {', '.join(ARMS)}")
     p.add_argument("--thresholds", default="0.80,0.90", help="mean region Dice levels to report")
-    p.add_argument("--png", type=Path, default=REPO / "docs" / "time_to_quality.png")
+    p.add_argument("--png", type=Path, default=REPO / "outputs" / "bench" / "time_to_quality.png",
+                   help="where to draw the curve (default outside docs/, so a run never replaces a documented figure)")
     p.add_argument("--json", type=Path, help="also write every result here")
     p.add_argument("--seeds", "--seed", default="", help="the medseg arms' training seeds, comma-separated "
                    "(default: the config's; the data and the MONAI arm do not change): replicates of the comparison")
