@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import statistics
@@ -322,6 +323,20 @@ def _rule(run: dict) -> str:
     return f"EMA {run['best_ema']:g}" if run.get("best_ema") else "Dice"
 
 
+def dice_range(values: list[float], step: float = 0.05, margin: float = 0.02) -> tuple[float, float]:
+    """The test-Dice axis: the values' range widened by ``margin`` and rounded out to ``step``,
+    within 0..1, so that differences of 0.01 between arms show.
+
+    >>> dice_range([0.873, 0.921]), dice_range([0.03, 0.9]), dice_range([])
+    ((0.85, 0.95), (0.0, 0.95), (0.0, 1.0))
+    """
+    if not values:
+        return 0.0, 1.0
+    lo = max(0.0, math.floor((min(values) - margin) / step) * step)
+    hi = min(1.0, math.ceil((max(values) + margin) / step) * step)
+    return round(lo, 6), round(hi, 6)
+
+
 def draw(results: dict[str, list[dict]], png: Path, title: str) -> None:
     """Test mean Dice against budget (mean over seeds, each seed a dot), and the validation curves
     of the longest budget (one line per seed)."""
@@ -349,6 +364,7 @@ def draw(results: dict[str, list[dict]], png: Path, title: str) -> None:
         ax.grid(alpha=0.3)
         ax.set_ylim(0, 1)
         ax.legend(loc="lower right")
+    ax1.set_ylim(*dice_range([r["test_mean_dice"] for rows in results.values() for r in rows]))
     fig.suptitle(textwrap.fill(title, 150), fontsize=9)  # the CPU line is long: wrapped, not cut off
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -239,3 +239,10 @@ def test_the_medseg_arm_scores_best_pt_and_the_final_weights_apart(tmp_path):
         assert metrics["model_sha256"] == sha256_file(work / "train" / checkpoint)
     # best.pt is the best validation's epoch, last.pt the final one
     assert (best.epoch, last.epoch) == (result["best_epoch"], result["epochs"] - 1)
+
+
+def test_the_test_dice_axis_zooms_to_the_data_so_small_differences_show():
+    assert ttq.dice_range([0.873, 0.921]) == (0.85, 0.95)  # 0.01 is a tenth of the axis, not 1 %
+    assert ttq.dice_range([0.03, 0.9]) == (0.0, 0.95)  # clipped at 0
+    assert ttq.dice_range([0.99, 0.995]) == (0.95, 1.0)  # and at 1
+    assert ttq.dice_range([]) == (0.0, 1.0)
