@@ -362,9 +362,9 @@ def draw(results: dict[str, list[dict]], png: Path, title: str) -> None:
     ax2.set(xlabel="seconds into the longest run", ylabel="validation mean Dice", title="validation during training")
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-        ax.set_ylim(0, 1)
         ax.legend(loc="lower right")
     ax1.set_ylim(*dice_range([r["test_mean_dice"] for rows in results.values() for r in rows]))
+    ax2.set_ylim(0, 1)
     fig.suptitle(textwrap.fill(title, 150), fontsize=9)  # the CPU line is long: wrapped, not cut off
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)

@@ -47,18 +47,23 @@ log = logging.getLogger(__name__)
 Clock = Callable[[], float]
 
 
-def decay(progress: float, schedule: str) -> float:
-    """The decay multiplier at ``progress`` (0..1) of the decay phase.
+def decay(progress: float, schedule: str, floor: float = 0.0) -> float:
+    """The decay multiplier at ``progress`` (0..1) of the decay phase: from 1 down to ``floor``
+    (``train.min_lr_ratio``).
 
     >>> decay(0.0, "cosine"), decay(0.5, "cosine"), decay(1.0, "poly"), decay(0.7, "constant")
     (1.0, 0.5, 0.0, 1.0)
+    >>> decay(1.0, "cosine", floor=0.1), decay(0.5, "cosine", floor=0.1)
+    (0.1, 0.55)
     """
     progress = min(1.0, max(0.0, progress))
     if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * progress))
-    if schedule == "poly":
-        return (1 - progress) ** 0.9
-    return 1.0
+        shape = 0.5 * (1 + math.cos(math.pi * progress))
+    elif schedule == "poly":
+        shape = (1 - progress) ** 0.9
+    else:
+        return 1.0
+    return floor + (1.0 - floor) * shape
 
 
 def lr_factor(it: int, total: int, warmup: int, schedule: str, decay_fraction: float = 1.0,
@@ -77,7 +82,7 @@ def lr_factor(it: int, total: int, warmup: int, schedule: str, decay_fraction: f
     if warmup > 0 and it < warmup:
         return (it + 1) / warmup
     start = max(warmup, round(total * (1.0 - decay_fraction)))
-    return floor + (1.0 - floor) * decay((it - start) / max(1, total - start), schedule)
+    return decay((it - start) / max(1, total - start), schedule, floor)
 
 
 def budget_factor(progress: float, warm: float, schedule: str, ramp: float = 1.0, decay_fraction: float = 1.0,
@@ -94,8 +99,7 @@ def budget_factor(progress: float, warm: float, schedule: str, ramp: float = 1.0
     (0.1, 0.275)
     """
     start = max(warm, 1.0 - decay_fraction)
-    share = (progress - start) / (1.0 - start) if start < 1.0 else 1.0
-    return ramp * (floor + (1.0 - floor) * decay(share, schedule))
+    return ramp * decay((progress - start) / (1.0 - start) if start < 1.0 else 1.0, schedule, floor)
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
