@@ -38,14 +38,14 @@ once): the table then gives per-seed figures and their mean, the curve the mean.
 
     .venv/bin/python bench/time_to_quality.py [--budgets 60,180,600] [--cases 32] [--test-cases 12]
         [--threads 2] [--seeds 0,1] [--arms "medseg wsd,medseg epochs"] [--png docs/time_to_quality.png]
-        [--json results.json]
+        [--precision fp32] [--json results.json]
     .venv/bin/python bench/time_to_quality.py --from-json a.json,b.json   # one table of earlier runs
 
 ``--from-json`` measures nothing: it merges the ``--json`` files of earlier runs of this script
 (e.g. more seeds, added later) into one table and curve; the header states the recorded CPU (the
 files' headers; not this machine's) and data (cases, test cases, threads, epoch cap: recorded with
-each result since session 10, older files take the command's options), and files that differ in
-either are refused.
+each result since session 10, older files take the command's options; ``--precision``, the medseg
+arms' ``train.precision``, when it was given), and files that differ in either are refused.
 """
 
 from __future__ import annotations
@@ -80,12 +80,13 @@ ARMS = {
 
 
 def run_arm(arm: str, data: Path, work: Path, budget: float, threads: int, max_epochs: int,
-            seed: int | None = None) -> dict:
+            seed: int | None = None, precision: str | None = None) -> dict:
     """One arm at one budget, in its own process (``bench/train_vs_monai.py --arm``); ``seed``: the
-    medseg arms' training seed (``None``: the config's)."""
+    medseg arms' training seed, ``precision`` their ``train.precision`` (``None``: the config's)."""
     kind, overrides = ARMS[arm]
     if kind == "medseg":
-        overrides = [*overrides, f"train.max_epochs={max_epochs}", *([f"seed={seed}"] if seed is not None else [])]
+        overrides = [*overrides, f"train.max_epochs={max_epochs}", *([f"seed={seed}"] if seed is not None else []),
+                     *([f"train.precision={precision}"] if precision else [])]
     args = [sys.executable, str(REPO / "bench" / "train_vs_monai.py"), "--arm", kind, "--data", str(data),
             "--work", str(work), "--budget", str(budget), "--threads", str(threads),
             *(f"--set={o}" for o in overrides)]
@@ -380,6 +381,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-epochs", type=int, default=200, help="medseg arms' train.max_epochs (a cap)")
     p.add_argument("--arms", default=",".join(ARMS), help=f"comma-separated subset of: {', '.join(ARMS)}")
+    p.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
+                   help="the medseg arms' train.precision (default: the config's, auto: bf16 where the CPU has "
+                   "AVX512-BF16); fp32 on such a CPU measures what a CPU without it trains")
     p.add_argument("--thresholds", default="0.80,0.90", help="mean region Dice levels to report")
     p.add_argument("--png", type=Path, default=REPO / "outputs" / "bench" / "time_to_quality.png",
                    help="where to draw the curve (default outside docs/, so a run never replaces a documented figure)")
@@ -410,7 +414,8 @@ def main() -> None:
         results, cpu = measure(a, budgets, seeds), cpu_line(a.threads)
     header = (f"{cpu}; {a.cases} built-in cases ({a.cases - a.test_cases} train+val, "
               f"{a.test_cases} test), budgets {', '.join(f'{b:.0f}' for b in budgets)} s; medseg max_epochs "
-              f"{a.max_epochs}" + (f", seeds {', '.join(map(str, seeds))}" if seeds != [None] else ""))
+              f"{a.max_epochs}" + (f", seeds {', '.join(map(str, seeds))}" if seeds != [None] else "")
+              + (f"; medseg trained with train.precision={a.precision}" if a.precision else ""))
     measured = results
     if a.checkpoint == "last":
         results = at_last(results)
@@ -441,7 +446,8 @@ def main() -> None:
 def setting(a: argparse.Namespace) -> dict:
     """What a run's numbers depend on besides arm, budget and seed (recorded with each result, so
     that ``--from-json`` states it and refuses to merge runs that differ in it)."""
-    return {"cases": a.cases, "test_cases": a.test_cases, "threads": a.threads, "max_epochs": a.max_epochs}
+    fixed = {"cases": a.cases, "test_cases": a.test_cases, "threads": a.threads, "max_epochs": a.max_epochs}
+    return {**fixed, "precision": a.precision} if a.precision else fixed  # absent: the config's (older files)
 
 
 def merged(paths: list[Path], default: dict) -> tuple[dict[str, list[dict]], str]:
@@ -492,7 +498,7 @@ def measure(a: argparse.Namespace, budgets: list[float], seeds: list[int | None]
                     if ARMS[arm][0] != "medseg" and seed != seeds[0]:
                         continue  # the MONAI arm has no seed option: once per budget
                     r = run_arm(arm, data, work / f"{arm.replace(' ', '_')}_{budget:.0f}_{seed}", budget, a.threads,
-                                a.max_epochs, seed if ARMS[arm][0] == "medseg" else None)
+                                a.max_epochs, seed if ARMS[arm][0] == "medseg" else None, a.precision)
                     r["budget"], r["seed"] = budget, seed
                     r["setting"] = setting(a)
                     results[arm].append(r)

@@ -4,6 +4,7 @@ earlier runs' files (duplicates and differing data refused). Nothing here trains
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
@@ -246,3 +247,20 @@ def test_the_test_dice_axis_zooms_to_the_data_so_small_differences_show():
     assert ttq.dice_range([0.03, 0.9]) == (0.0, 0.95)  # clipped at 0
     assert ttq.dice_range([0.99, 0.995]) == (0.95, 1.0)  # and at 1
     assert ttq.dice_range([]) == (0.0, 1.0)
+
+
+def test_a_forced_precision_is_recorded_stated_and_never_merged_with_the_configs(tmp_path):
+    """``--precision fp32`` (what a CPU without AVX512-BF16 trains, measured on one with it) goes into
+    every result's setting and the header; runs with the config's precision are not merged with them."""
+    forced, plain = tmp_path / "fp32.json", tmp_path / "plain.json"
+    forced.write_text(json.dumps({"results": {"medseg floor": [_run(600, 0, setting={**SETTING, "precision": "fp32"})]}}))
+    plain.write_text(json.dumps({"results": {"medseg floor": [_run(600, 1)]}}))
+    proc = _from_json(tmp_path, forced)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "medseg max_epochs 200, seeds 0; medseg trained with train.precision=fp32" in proc.stdout
+    assert "train.precision" not in _from_json(tmp_path, plain).stdout
+    proc = _from_json(tmp_path, forced, plain)
+    assert proc.returncode != 0 and "measured on different data or caps" in proc.stderr
+    args = argparse.Namespace(cases=44, test_cases=24, threads=2, max_epochs=200, precision=None)
+    assert ttq.setting(args) == SETTING  # files from before the option match runs without it
+    assert ttq.setting(argparse.Namespace(**{**vars(args), "precision": "fp32"})) == {**SETTING, "precision": "fp32"}
