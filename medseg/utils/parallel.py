@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import multiprocessing
+import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
-import torch
-
 
 def _one_thread_per_worker() -> None:
-    """Worker initializer: torch runs single-threaded in each worker.
+    """Worker initializer: torch, where the parent had loaded it, runs single-threaded in each worker.
 
     A forked child inherits the parent's OpenMP state but not its OpenMP threads, so the first
     multi-threaded torch kernel in the child waits forever for threads that do not exist (GNU
     OpenMP is not fork-safe) whenever the parent had already run one, e.g. a training run followed
     by a preparation in the same process (Hydra multirun, the benchmarks, a notebook). With one
     thread torch never starts an OpenMP team; the pool already has one worker per core, so nothing
-    is lost (torch's DataLoader workers do the same).
+    is lost (torch's DataLoader workers do the same). A parent without torch (the synthetic data
+    writers import none) has no OpenMP state to pass on, and is not made to import it.
     """
-    torch.set_num_threads(1)
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
 
 
 def parallel_map(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int) -> list[Any]:
