@@ -218,7 +218,12 @@ def case_means(runs: list[dict]) -> dict[str, float] | None:
     names = sorted(runs[0]["cases"])
     if any(sorted(r["cases"]) != names for r in runs):
         return None
-    return {n: statistics.mean(statistics.mean(r["cases"][n][g][0] for g in REGIONS) for r in runs) for n in names}
+    return {n: statistics.mean(case_values(r)[n] for r in runs) for n in names}
+
+
+def case_values(run: dict) -> dict[str, float]:
+    """Per test case of one run, its mean region Dice."""
+    return {n: statistics.mean(run["cases"][n][g][0] for g in REGIONS) for n in run["cases"]}
 
 
 def paired(results: dict[str, list[dict]], top: int = 3) -> str:
@@ -227,16 +232,19 @@ def paired(results: dict[str, list[dict]], top: int = 3) -> str:
     arm's runs when they share none, e.g. the MONAI arm's): B - A of the test mean Dice, its
     bootstrap 95 % CI over the test cases and the two-sided Wilcoxon signed-rank p-value (both
     over the cases' seed-averaged mean region Dice: how much of the gap the test cases' sampling
-    explains; ``medseg compare``'s statistics), the difference per seed (seed-to-seed noise), and
+    explains; ``medseg compare``'s statistics), the bootstrap 95 % CI that resamples the seeds
+    too (where both arms ran the same two or more seeds: the seeds' noise and the cases' together,
+    the interval to judge a claim by), the difference per seed (seed-to-seed noise), and
     the ``top`` cases that differ most, each with its share of the summed absolute differences
     (how concentrated the disagreement is)."""
     import numpy as np
 
-    from medseg.metrics.aggregate import bootstrap_ci
+    from medseg.metrics.aggregate import bootstrap_ci, bootstrap_ci_crossed
     from medseg.stages.compare import wilcoxon_p
 
-    lines = ["| A | B | budget (s) | B - A | 95 % CI (cases) | Wilcoxon p | B - A per seed | "
-             "cases that differ most (share of the summed absolute differences) |", "|---" * 8 + "|"]
+    lines = ["| A | B | budget (s) | B - A | 95 % CI (cases) | 95 % CI (seeds and cases) | Wilcoxon p | "
+             "B - A per seed | cases that differ most (share of the summed absolute differences) |",
+             "|---" * 9 + "|"]
     arms = list(results)
     for i, arm_a in enumerate(arms):
         for arm_b in arms[i + 1:]:
@@ -253,6 +261,12 @@ def paired(results: dict[str, list[dict]], top: int = 3) -> str:
                 names = sorted(a)
                 diff = np.array([b[n] - a[n] for n in names])
                 ci = bootstrap_ci(diff)
+                both = None
+                if len(common) > 1:  # seeds x cases, paired by seed
+                    values_a = {r.get("seed"): case_values(r) for r in runs_a}
+                    values_b = {r.get("seed"): case_values(r) for r in runs_b}
+                    both = bootstrap_ci_crossed(np.array([[values_b[s][n] - values_a[s][n] for n in names]
+                                                          for s in sorted(common, key=str)]))
                 p = wilcoxon_p(diff)
                 seeds_a = {r.get("seed"): r["test_mean_dice"] for r in runs_a}
                 per_seed = [f"{r['test_mean_dice'] - seeds_a[r.get('seed')]:+.3f}" for r in runs_b
@@ -262,7 +276,9 @@ def paired(results: dict[str, list[dict]], top: int = 3) -> str:
                 held = ", ".join(f"{names[k]} {diff[k]:+.3f}" + (f" ({abs(diff[k]) / spread:.0%})" if spread else "")
                                  for k in order if diff[k] != 0) or "none"
                 lines.append(f"| {arm_a} | {arm_b} | {budget:.0f} | {diff.mean():+.3f} | "
-                             f"{ci[0]:+.3f} .. {ci[1]:+.3f} | {'-' if p is None else f'{p:.2g}'} | "
+                             f"{ci[0]:+.3f} .. {ci[1]:+.3f} | "
+                             f"{'-' if both is None else f'{both[0]:+.3f} .. {both[1]:+.3f}'} | "
+                             f"{'-' if p is None else f'{p:.2g}'} | "
                              f"{', '.join(per_seed) or '-'} | {held} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
@@ -430,7 +446,8 @@ def main() -> None:
     pairs = paired(results)
     if pairs:
         print("\nPaired per-case differences of the test mean Dice (B - A, each case's mean region Dice "
-              "averaged over the seeds; the CI and p over the test cases):\n\n" + pairs)
+              "averaged over the seeds; the first CI and p over the test cases, the second CI over the seeds "
+              "and the test cases both):\n\n" + pairs)
     chosen = selection(measured)
     if chosen:
         print("\nThe checkpoint: best.pt (chosen by the validation mean Dice, or since session 15 by its moving "

@@ -144,18 +144,38 @@ def test_paired_differences_are_per_case_means_over_seeds_with_a_hand_checked_p_
     assert cells[:4] == ["medseg wsd", "medseg epochs", "600", "+0.234"]  # (0.5 + 0.25 + 0.125 + 0.0625) / 4
     low, high = (float(x) for x in cells[4].split(" .. "))
     assert 0.0625 <= low < 0.234375 < high <= 0.5
-    assert cells[5] == "0.12"  # exact Wilcoxon, 4 positive differences: 2 / 2**4
-    assert cells[6] == "+0.234, +0.250"  # per seed: each run's test mean against the same seed of A
+    # over seeds and cases: B's seeds differ only in the test mean recorded, not per case, so the
+    # interval is again one over the cases (its own draws)
+    low, high = (float(x) for x in cells[5].split(" .. "))
+    assert 0.0625 <= low < 0.234375 < high <= 0.5
+    assert cells[6] == "0.12"  # exact Wilcoxon, 4 positive differences: 2 / 2**4
+    assert cells[7] == "+0.234, +0.250"  # per seed: each run's test mean against the same seed of A
     # the largest difference first, with its share of the summed absolute differences (0.5 / 0.9375)
-    assert cells[7] == "c1 +0.500 (53%), c2 +0.250 (27%), c3 +0.125 (13%)"
+    assert cells[8] == "c1 +0.500 (53%), c2 +0.250 (27%), c3 +0.125 (13%)"
     # only the seeds both arms ran are paired: seed 1 of A (all 0.75) is left out against B's seed 0
     one_seed = {"a": [_run(600, 0, a_cases, mean=0.25), _run(600, 1, _per_case(dict.fromkeys(a_cases, 0.75)))],
                 "b": [_run(600, 0, b_seed0, mean=0.484375)]}
     cells = [c.strip() for c in ttq.paired(one_seed).splitlines()[2].strip("|").split("|")]
-    assert cells[3] == "+0.234" and cells[6] == "+0.234"
+    assert cells[3] == "+0.234" and cells[7] == "+0.234"
+    assert cells[5] == "-"  # one seed: nothing to say about the seeds' noise
     same = {"x": [_run(600, 0, a_cases)], "y": [_run(600, 0, a_cases)]}
     cells = [c.strip() for c in ttq.paired(same).splitlines()[2].strip("|").split("|")]
-    assert cells[3] == "+0.000" and cells[5] == "-" and cells[7] == "none"
+    assert cells[3] == "+0.000" and cells[6] == "-" and cells[8] == "none"
+
+
+def test_the_seeds_and_cases_interval_widens_where_the_seeds_disagree():
+    """Two seeds whose differences cancel on every case: the seed-averaged per-case differences are
+    all 0, so the interval over the cases alone is 0 .. 0, while the one that resamples the seeds
+    spans what either seed alone says (-0.2 .. +0.2: a draw of seed 0 twice gives +0.2)."""
+    names = [f"c{i}" for i in range(12)]
+    a = _per_case(dict.fromkeys(names, 0.5))
+    results = {"a": [_run(600, 0, a, mean=0.5), _run(600, 1, a, mean=0.5)],
+               "b": [_run(600, 0, _per_case(dict.fromkeys(names, 0.7)), mean=0.7),
+                     _run(600, 1, _per_case(dict.fromkeys(names, 0.3)), mean=0.3)]}
+    cells = [c.strip() for c in ttq.paired(results).splitlines()[2].strip("|").split("|")]
+    assert cells[3] == "+0.000" and cells[4] == "+0.000 .. +0.000"
+    assert cells[5] == "-0.200 .. +0.200"
+    assert cells[7] == "+0.200, -0.200"
     assert ttq.paired({"x": [_run(600, 0)], "y": [_run(600, 0)]}) == ""  # nothing per case
 
 
@@ -167,7 +187,7 @@ def test_arms_that_share_no_seed_are_paired_over_all_their_runs():
     results = {"monai": [_run(600, None, a_cases, mean=0.25)],
                "medseg wsd": [_run(600, 0, b_cases), _run(600, 1, b_cases)]}
     cells = [c.strip() for c in ttq.paired(results).splitlines()[2].strip("|").split("|")]
-    assert cells[:4] == ["monai", "medseg wsd", "600", "+0.375"] and cells[6] == "-"
+    assert cells[:4] == ["monai", "medseg wsd", "600", "+0.375"] and cells[5] == "-" and cells[7] == "-"
 
 
 def test_the_moving_average_pick_skips_a_lucky_validation():

@@ -32,6 +32,31 @@ def bootstrap_ci(values: np.ndarray, n_boot: int = N_BOOT, rng: np.random.Genera
     return [float(x) for x in np.percentile(means, [2.5, 97.5])]
 
 
+def bootstrap_ci_crossed(values: np.ndarray, n_boot: int = N_BOOT, rng: np.random.Generator | int = 0
+                         ) -> list[float] | None:
+    """Bootstrap 95% confidence interval of the mean of a crossed sample: ``values[i, j]`` is one
+    measurement of row ``i`` (e.g. a training seed) on column ``j`` (e.g. a test case that every
+    seed is scored on). Each resample draws the rows and the columns independently, with
+    replacement, and averages the chosen cells (the two-way bootstrap of Owen, Ann. Appl. Stat.
+    2007), so the interval carries both sources of noise: the seeds' and the cases'. ``None`` with
+    fewer than two rows (nothing to say about the rows' noise) or no columns.
+
+    >>> bootstrap_ci_crossed(np.array([[0.1, 0.1, 0.1], [0.1, 0.1, 0.1]]))
+    [0.1, 0.1]
+    >>> low, high = bootstrap_ci_crossed(np.array([[0.1] * 20, [-0.1] * 20]))
+    >>> low < -0.09 and high > 0.09  # the seeds disagree: an interval across zero
+    True
+    """
+    values = np.asarray(values, dtype=float)
+    if values.ndim != 2 or values.shape[0] < 2 or values.shape[1] == 0:
+        return None
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    rows = gen.integers(0, values.shape[0], size=(n_boot, values.shape[0]))
+    cols = gen.integers(0, values.shape[1], size=(n_boot, values.shape[1]))
+    means = values[rows[:, :, None], cols[:, None, :]].mean(axis=(1, 2))
+    return [float(x) for x in np.round(np.percentile(means, [2.5, 97.5]), 12)]
+
+
 def describe(values: np.ndarray, rng: np.random.Generator, n_boot: int = N_BOOT) -> dict[str, Any]:
     """Mean, median, std, IQR, bootstrap 95% CI of the mean and the count ``n`` of a sample."""
     if values.size == 0:
