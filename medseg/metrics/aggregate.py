@@ -41,8 +41,8 @@ def bootstrap_ci_crossed(values: np.ndarray, n_boot: int = N_BOOT, rng: np.rando
     2007), so the interval carries both sources of noise: the seeds' and the cases'. ``None`` with
     fewer than two rows (nothing to say about the rows' noise) or no columns.
 
-    >>> bootstrap_ci_crossed(np.array([[0.1, 0.1, 0.1], [0.1, 0.1, 0.1]]))
-    [0.1, 0.1]
+    >>> bootstrap_ci_crossed(np.array([[0.25, 0.25, 0.25], [0.25, 0.25, 0.25]]))
+    [0.25, 0.25]
     >>> low, high = bootstrap_ci_crossed(np.array([[0.1] * 20, [-0.1] * 20]))
     >>> low < -0.09 and high > 0.09  # the seeds disagree: an interval across zero
     True
@@ -54,7 +54,7 @@ def bootstrap_ci_crossed(values: np.ndarray, n_boot: int = N_BOOT, rng: np.rando
     rows = gen.integers(0, values.shape[0], size=(n_boot, values.shape[0]))
     cols = gen.integers(0, values.shape[1], size=(n_boot, values.shape[1]))
     means = values[rows[:, :, None], cols[:, None, :]].mean(axis=(1, 2))
-    return [float(x) for x in np.round(np.percentile(means, [2.5, 97.5]), 12)]
+    return [float(x) for x in np.percentile(means, [2.5, 97.5])]
 
 
 def describe(values: np.ndarray, rng: np.random.Generator, n_boot: int = N_BOOT) -> dict[str, Any]:
