@@ -291,6 +291,44 @@ def at_last(results: dict[str, list[dict]]) -> dict[str, list[dict]]:
     return {arm: rows for arm, rows in out.items() if rows}
 
 
+def rule_off(results: dict[str, list[dict]]) -> dict[str, list[dict]]:
+    """The results with each run's test figures those without the small-enhancing rule (the same
+    weights scored again where the rule was on; unchanged where it was off or did not exist yet,
+    files before session 19), so that runs of every session compare like with like."""
+    def off(r: dict) -> dict:
+        without = (r.get("enhancing_rule") or {}).get("without")
+        if not without:
+            return r
+        return {**r, "dice": without["dice"], "cases": without["cases"],
+                "test_mean_dice": statistics.mean(without["dice"][g] for g in REGIONS)}
+    return {arm: [off(r) for r in rows] for arm, rows in results.items()}
+
+
+def rule_table(results: dict[str, list[dict]]) -> str:
+    """The Markdown table of the small-enhancing rule (threshold fitted on the validation cases) per
+    arm and budget, over the runs that recorded it: the threshold per seed, the test mean Dice with
+    and without it (the same weights), the difference per seed and the test cases it relabelled
+    (with their predicted enhancing volume, ml, and the enhancing-tumour Dice with the rule: 1 when
+    the reference has none); "" when no run recorded it."""
+    lines = ["| arm | budget (s) | seeds | threshold per seed (ml) | test mean, with the rule | test mean, without | "
+             "with - without per seed | test cases relabelled (ml; enhancing Dice with the rule) |", "|---" * 8 + "|"]
+    for arm, rows in results.items():
+        for budget, runs in group([r for r in rows if r.get("enhancing_rule")]).items():
+            without = rule_off({arm: runs})[arm]
+            relabelled = []
+            for r in runs:
+                for case, ml in sorted(r["enhancing_rule"]["cases_relabelled"].items()):
+                    relabelled.append(f"{case} {ml:.2f} ({r['cases'][case]['enhancing_tumour'][0]:.0f})")
+            seeds = ", ".join(str(r.get("seed")) for r in runs)
+            thresholds = ", ".join(f"{r['enhancing_rule']['min_enhancing_ml']:g}" for r in runs)
+            gains = ", ".join(f"{a['test_mean_dice'] - b['test_mean_dice']:+.3f}" for a, b in zip(runs, without))
+            lines.append(f"| {arm} | {budget:.0f} | {seeds} | {thresholds} | "
+                         f"{_fmt(statistics.mean(r['test_mean_dice'] for r in runs))} | "
+                         f"{_fmt(statistics.mean(r['test_mean_dice'] for r in without))} | {gains} | "
+                         f"{', '.join(relabelled) or 'none'} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def ema_pick(curve: list, smoothing: float = 0.9) -> int:
     """The validation (0-based) that ``train.best_ema=smoothing`` chooses for best.pt from a recorded
     curve: the trainer's own rule (:meth:`medseg.engine.state.TrainState.observe`) replayed."""
@@ -408,6 +446,9 @@ def main() -> None:
                    "(default: the config's; the data and the MONAI arm do not change): replicates of the comparison")
     p.add_argument("--from-json", default="", help="comma-separated --json files of earlier runs (one CPU): "
                    "merge them into one table and curve, measuring nothing")
+    p.add_argument("--rule", choices=["on", "off"], default="on",
+                   help="off: every table and the curve show the test Dice without the small-enhancing rule "
+                   "(the runs before session 19 had none; later runs record both)")
     p.add_argument("--checkpoint", choices=["best", "last"], default="best",
                    help="whose test Dice the tables and the curve show: best.pt (chosen by the validation Dice, "
                    "the exported one) or last.pt (the final weights; medseg runs since session 13 only)")
@@ -438,6 +479,10 @@ def main() -> None:
         if not results:
             raise SystemExit("time_to_quality: --checkpoint last: no run recorded its final weights' test Dice")
         header += "; test Dice of the final weights (last.pt)"
+    rules = rule_table(results)
+    if a.rule == "off":
+        results = rule_off(results)
+        header += "; test Dice without the small-enhancing rule"
     print(table(results, thresholds, header))
     lost = breakdown(results)
     if lost:
@@ -448,6 +493,10 @@ def main() -> None:
         print("\nPaired per-case differences of the test mean Dice (B - A, each case's mean region Dice "
               "averaged over the seeds; the first CI and p over the test cases, the second CI over the seeds "
               "and the test cases both):\n\n" + pairs)
+    if rules:
+        print("\nThe small-enhancing rule (a case's enhancing tumour under the threshold relabelled as tumour core; "
+              "the threshold fitted on the validation cases, 0: off) against the same weights without it:\n\n"
+              + rules)
     chosen = selection(measured)
     if chosen:
         print("\nThe checkpoint: best.pt (chosen by the validation mean Dice, or since session 15 by its moving "

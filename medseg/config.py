@@ -384,7 +384,10 @@ class InferenceConfig:
     """Sliding-window inference (shared by evaluate, predict and ``medseg-predict``).
 
     ``min_component_ml``: drop tumour components smaller than this (ml; 0 keeps all); ``None``
-    takes the value recorded in the artifact. ``max_memory_gb``: refuse a case whose estimated
+    takes the value recorded in the artifact. ``min_enhancing_ml``: relabel a case's predicted
+    enhancing tumour as tumour core when it totals less than this (ml; 0: off;
+    :mod:`medseg.inference.postprocess`); ``None`` takes the threshold fitted on the validation split
+    (recorded in the artifact by ``export``, fitted again by ``evaluate``). ``max_memory_gb``: refuse a case whose estimated
     peak RSS exceeds this (``None``: no cap).
     """
 
@@ -392,6 +395,7 @@ class InferenceConfig:
     sw_batch_size: int = 2
     tta_flips: list[int] = field(default_factory=list)
     min_component_ml: Optional[float] = 0.5
+    min_enhancing_ml: Optional[float] = None
     threads: Optional[int] = None
     device: Device = Device.auto
     precision: Precision = Precision.fp32
@@ -404,6 +408,9 @@ class InferenceConfig:
             raise ValueError(f"inference.overlap={self.overlap} must be in [0, 1)")
         if self.sw_batch_size < 1:
             raise ValueError(f"inference.sw_batch_size={self.sw_batch_size} must be at least 1")
+        if self.min_enhancing_ml is not None and self.min_enhancing_ml < 0:
+            raise ValueError(f"inference.min_enhancing_ml={self.min_enhancing_ml} must be >= 0 (0: off) or null "
+                             "(the threshold fitted on the validation split)")
         bad = [a for a in self.tta_flips if a not in (0, 1, 2)]
         if bad:
             raise ValueError(f"inference.tta_flips={list(self.tta_flips)}: axes must be 0, 1 or 2")

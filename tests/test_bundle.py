@@ -113,6 +113,33 @@ def test_bundle_runs_under_monai_runner_like_medseg_predict_on_a_psr_case(artifa
     assert min(found.values()) >= MIN_AGREEMENT, found
 
 
+def test_bundle_applies_the_small_enhancing_rule_like_medseg_predict(artifact, tiny_dataset, tmp_path,
+                                                                     judges_python):
+    """The same random network exported with a threshold (50 ml) above every case's predicted
+    enhancing volume (a few ml here): medseg-predict and the bundle both relabel it all as tumour
+    core, where the artifact without it (the test above) predicts enhancing tumour."""
+    proc = run_medseg(["export", f"paths.checkpoint={artifact.parent.parent / 'random.pt'}", "export.onnx=false",
+                       "evaluate.inference.min_enhancing_ml=50", "hydra.run.dir=export_rule"], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ruled = tmp_path / "export_rule" / "artifact"
+    post = json.loads((ruled / "metadata.json").read_text())["postprocessing"]
+    assert post["min_enhancing_ml"] == 50.0 and post["enhancing_fit"] is None  # configured, not fitted
+    inputs = tmp_path / "images"
+    names = write_cases(sorted((tiny_dataset / "imagesTs").glob("*.nii.gz"))[:1], inputs, ("LPS",))
+    medseg_predict(artifact, inputs, tmp_path / "without")
+    assert (np.asarray(nib.load(tmp_path / "without" / f"{names[0]}.nii.gz").dataobj) == 3).any()
+    proc = run_bundle(judges_python, ruled / "medseg_bundle", inputs, tmp_path / "bundle")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    medseg_predict(ruled, inputs, tmp_path / "medseg")
+    found = agreement(names, inputs, tmp_path / "bundle", tmp_path / "medseg")
+    assert min(found.values()) >= MIN_AGREEMENT, found
+    for out in ("bundle", "medseg"):
+        assert not (np.asarray(nib.load(tmp_path / out / f"{names[0]}.nii.gz").dataobj) == 3).any(), out
+    summary = json.loads((tmp_path / "medseg" / "predictions.json").read_text())
+    assert all(c["enhancing_relabelled_ml"] > 0 for c in summary["cases"]), summary["cases"]
+    assert "RelabelSmallEnhancingd" in (ruled / "medseg_bundle" / "docs" / "README.md").read_text()
+
+
 def test_bundle_refuses_a_wrong_image_naming_the_file(artifact, tiny_dataset, tmp_path, judges_python):
     inputs = tmp_path / "images"
     inputs.mkdir()

@@ -176,9 +176,32 @@ def _postprocessing(metadata: dict[str, Any]) -> list[dict[str, Any]]:
              "nearest_interp": False, "to_tensor": True},
             decode,
             {"_target_": f"{COMPONENTS}.RemoveSmallComponentsd", "keys": "pred", "min_ml": min_ml},
+            *enhancing_transform(metadata),
             {"_target_": "SaveImaged", "keys": "pred", "output_dir": "@output_dir", "output_postfix": "",
              "output_ext": ".nii.gz", "output_dtype": "$numpy.uint8", "resample": False,
              "separate_folder": False, "writer": f"{COMPONENTS}.GridWriter"}]
+
+
+def enhancing_transform(metadata: dict[str, Any]) -> list[dict[str, Any]]:
+    """The small-enhancing rule (:mod:`medseg.inference.postprocess`) with the threshold recorded at
+    export; nothing where it is off or the label set has no enhancing tumour."""
+    post = metadata.get("postprocessing", {})
+    if float(post.get("min_enhancing_ml", 0.0)) <= 0 or not post.get("enhancing_codes"):
+        return []
+    return [{"_target_": f"{COMPONENTS}.RelabelSmallEnhancingd", "keys": "pred",
+             "min_ml": float(post["min_enhancing_ml"]), "codes": [int(c) for c in post["enhancing_codes"]],
+             "replacement": int(post["enhancing_replacement"])}]
+
+
+def enhancing_line(metadata: dict[str, Any]) -> str:
+    """The bundle README's sentence on the small-enhancing rule (empty where it is off)."""
+    rule = enhancing_transform(metadata)
+    if not rule:
+        return ""
+    r = rule[0]
+    return (f"; then a case's enhancing tumour (codes {r['codes']}) relabelled {r['replacement']} (tumour core) when "
+            f"it totals under {r['min_ml']:g} ml (`scripts.components.RelabelSmallEnhancingd`; threshold fitted "
+            "on the validation split)")
 
 
 def package_versions(min_component_ml: float) -> dict[str, Any]:
@@ -307,7 +330,7 @@ else, medseg included, is needed). Add `--device '$torch.device("cpu")'` to forc
 - `pred` channels: {meta['pred_classes']}
 - labels: {meta['label_classes']}
 - post-processing: 26-connected tumour components under {min_ml:g} ml removed
-  (`scripts.components.RemoveSmallComponentsd`)
+  (`scripts.components.RemoveSmallComponentsd`){enhancing_line(metadata)}
 
 ## Bundle components
 `scripts/components.py` holds the steps MONAI has no exact equivalent for (medseg's resampling and

@@ -21,6 +21,8 @@ same labels:
   (Gaussian, peak 1, floor 1e-3 of the peak).
 - :class:`RegionsToLabelsd`: region probabilities -> label codes (innermost region > 0.5).
 - :class:`RemoveSmallComponentsd`: drop 26-connected tumour components under ``min_ml`` ml.
+- :class:`RelabelSmallEnhancingd`: relabel a case's enhancing tumour as tumour core when it totals
+  under ``min_ml`` ml (the threshold medseg fitted on the validation split).
 - :class:`GridWriter`: a NIfTI writer that writes on the input file's own grid (its affine, any
   axis order); MONAI's ``SaveImage(resample=False)`` keeps only a 2-D slice of a permuted affine.
 """
@@ -290,6 +292,39 @@ class RemoveSmallComponentsd(MapTransform):
             small[0] = False
             label[small[components]] = 0
             d[key] = _with_meta(torch.from_numpy(label)[None], lab)
+        return d
+
+
+class RelabelSmallEnhancingd(MapTransform):
+    """Relabel the enhancing-tumour voxels (``codes``) as ``replacement`` (tumour core) when they
+    total less than ``min_ml`` ml in the case; tumour core and whole tumour are unchanged.
+
+    Voxel volumes come from the image's original affine (the input grid the label lies on).
+
+    Args:
+        keys: ``(1, X, Y, Z)`` label-map keys.
+        min_ml: threshold in millilitres (0: off).
+        codes: the enhancing-tumour label codes.
+        replacement: the code they become.
+    """
+
+    def __init__(self, keys: Any, min_ml: float, codes: Sequence[int], replacement: int) -> None:
+        super().__init__(keys)
+        self.min_ml, self.codes, self.replacement = float(min_ml), [int(c) for c in codes], int(replacement)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.min_ml <= 0:
+            return d
+        for key in self.key_iterator(d):
+            lab = d[key]
+            affine = np.asarray(lab.meta.get("original_affine", lab.affine), dtype=np.float64)
+            label = np.asarray(lab.as_tensor()[0]).copy()
+            mask = np.isin(label, self.codes)
+            ml = int(mask.sum()) * float(np.prod(np.linalg.norm(affine[:3, :3], axis=0))) / 1000
+            if 0 < ml < self.min_ml:
+                label[mask] = self.replacement
+                d[key] = _with_meta(torch.from_numpy(label)[None], lab)
         return d
 
 

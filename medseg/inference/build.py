@@ -33,9 +33,12 @@ def build_predictor(inference: InferenceConfig, *, checkpoint: Path | None = Non
 
     Args:
         inference: sliding-window settings, device, threads and precision. With an artifact,
-            ``min_component_ml=None`` takes the value recorded in the artifact, and the temperature
-            recorded there is applied (``calibrate``); with a checkpoint it keeps every component
-            and is uncalibrated (:func:`medseg.export.review.fit_review` calibrates it).
+            ``min_component_ml=None`` and ``min_enhancing_ml=None`` take the values recorded in the
+            artifact, and the temperature recorded there is applied (``calibrate``); with a
+            checkpoint ``min_component_ml=None`` keeps every component, ``min_enhancing_ml=None``
+            leaves the enhancing rule off until it is fitted
+            (:func:`medseg.export.review.fit_enhancing`), and it is uncalibrated
+            (:func:`medseg.export.review.fit_review` calibrates it).
         checkpoint: a training checkpoint (``best.pt``): its network runs eagerly in PyTorch.
         artifact: a loaded artifact (:func:`medseg.export.artifact.load_artifact`).
         ensemble: more artifacts whose probabilities are averaged with ``artifact``'s; they must take
@@ -84,6 +87,7 @@ def _from_artifact(inference: InferenceConfig, artifact: Artifact, ensemble: Seq
     nets = [a.network(backend, device, inference.threads, choice(inference.precision)) for a in (artifact, *ensemble)]
     return CasePredictor(nets, artifact.spec, artifact.patch_size, Target.from_json(artifact.metadata["output"]),
                          inference, min_component_ml=min_component_ml(inference, artifact),
+                         min_enhancing_ml=min_enhancing_ml(inference, artifact),
                          model_cfg=artifact.metadata.get("network"), temperature=temperature(inference, artifact))
 
 
@@ -113,3 +117,11 @@ def min_component_ml(inference: InferenceConfig, artifact: Artifact) -> float:
     if inference.min_component_ml is not None:
         return float(inference.min_component_ml)
     return float(artifact.metadata.get("postprocessing", {}).get("min_component_ml", 0.0))
+
+
+def min_enhancing_ml(inference: InferenceConfig, artifact: Artifact) -> float:
+    """The configured small-enhancing threshold, else the one fitted at export and recorded in the
+    artifact (0, the rule off, for artifacts exported before it existed)."""
+    if inference.min_enhancing_ml is not None:
+        return float(inference.min_enhancing_ml)
+    return float(artifact.metadata.get("postprocessing", {}).get("min_enhancing_ml", 0.0))

@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="dtype of the probability accumulator")
     p.add_argument("--min-component-ml", type=float, default=inf.min_component_ml,
                    help="drop tumour components smaller than this (default: the value recorded in the artifact)")
+    p.add_argument("--min-enhancing-ml", type=float, default=inf.min_enhancing_ml,
+                   help="relabel a case's enhancing tumour as tumour core when it totals less than this "
+                        "(0: off; default: the threshold fitted on validation and recorded in the artifact)")
     p.add_argument("--no-skip-existing", action="store_true", help="predict cases whose output exists")
     p.add_argument("--review", action=argparse.BooleanOptionalAction, default=pred.review,
                    help="write review.html, an offline NiiVue viewer of the batch (default: when NiiVue is installed)")
@@ -86,7 +89,8 @@ def inference_config(args: argparse.Namespace) -> InferenceConfig:
     try:
         return InferenceConfig(overlap=args.overlap, sw_batch_size=args.sw_batch_size,
                                tta_flips=[int(a) for a in args.tta.split(",") if a.strip()],
-                               min_component_ml=args.min_component_ml, threads=args.threads,
+                               min_component_ml=args.min_component_ml, min_enhancing_ml=args.min_enhancing_ml,
+                               threads=args.threads,
                                device=Device(args.device), precision=Precision(args.precision),
                                max_memory_gb=args.max_memory_gb or None, stitch_dtype=StitchDtype(args.stitch_dtype),
                                calibrate=not args.no_calibrate)

@@ -21,6 +21,7 @@ from medseg.data.geometry import foreground_box
 from medseg.data.preprocess import PreprocessSpec, preprocess, restore
 from medseg.errors import DataError
 from medseg.inference.calibration import apply_temperature
+from medseg.inference.postprocess import EnhancingRule
 from medseg.inference.sliding_window import Network, flip_sets, sliding_window_probs
 from medseg.inference.targets import Target
 from medseg.inference.uncertainty import CaseUncertainty, UncertaintyDecoder, voxel_ml
@@ -47,6 +48,9 @@ class CasePrediction:
     #: windows, network and stitching), ``restore`` (decode, resample back to the source grid),
     #: ``postprocess`` (small-component removal, uncertainty)
     timings: dict[str, float] = field(default_factory=dict)
+    #: the predicted enhancing-tumour volume (ml) relabelled as tumour core by the small-enhancing
+    #: rule (:mod:`medseg.inference.postprocess`); ``None`` when the rule left the case alone
+    enhancing_relabelled_ml: float | None = None
 
 
 class CasePredictor:
@@ -64,6 +68,10 @@ class CasePredictor:
             :func:`~medseg.inference.build.build_predictor`).
         min_component_ml: remove connected tumour components smaller than this (ml; 0 keeps all);
             ``None``: ``inference.min_component_ml`` (``None`` there too: keep all).
+        min_enhancing_ml: relabel a case's enhancing tumour as tumour core when it totals less than
+            this (ml; 0: off; :mod:`medseg.inference.postprocess`); ``None``:
+            ``inference.min_enhancing_ml`` (``None`` there too: off). Ignored by label sets without
+            an enhancing tumour inside a tumour core.
         model_cfg: the network's config (channels, strides) for the activation-memory estimate.
         temperature: one temperature per output channel, applied to the averaged probabilities
             (:mod:`medseg.inference.calibration`); ``None``: uncalibrated.
@@ -81,7 +89,8 @@ class CasePredictor:
 
     def __init__(self, net: Network | Sequence[Network], spec: PreprocessSpec, patch_size: Sequence[int],
                  target: Target, inference: InferenceConfig | None = None, *,
-                 min_component_ml: float | None = None, model_cfg: Mapping[str, Any] | None = None,
+                 min_component_ml: float | None = None, min_enhancing_ml: float | None = None,
+                 model_cfg: Mapping[str, Any] | None = None,
                  temperature: Sequence[float] | None = None, uncertainty: bool = False) -> None:
         inference = InferenceConfig() if inference is None else inference
         self.nets = list(net) if isinstance(net, Sequence) else [net]
@@ -94,6 +103,10 @@ class CasePredictor:
         if min_component_ml is None:
             min_component_ml = inference.min_component_ml
         self.min_component_ml = float(min_component_ml or 0.0)
+        if min_enhancing_ml is None:
+            min_enhancing_ml = inference.min_enhancing_ml
+        self.min_enhancing_ml = float(min_enhancing_ml or 0.0)
+        self.enhancing_rule = EnhancingRule.for_labels(target.labels)
         self.max_memory_gb = None if inference.max_memory_gb is None else float(inference.max_memory_gb)
         self.stitch_dtype = getattr(torch, choice(inference.stitch_dtype))
         self.window_bytes = inference_window_bytes(self.patch_size, model_cfg, len(spec.channels),
@@ -167,14 +180,26 @@ class CasePredictor:
         decoder = UncertaintyDecoder(self.target, voxel_ml(affine)) if self.uncertainty else None
         label = restore(probs, geom, decoder or self.target.decode)
         marks.append(time.perf_counter())
-        if self.min_component_ml > 0:
-            spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-            label = remove_small_components(label, spacing, self.min_component_ml)
+        label, relabelled = self.postprocess(label, affine)
         uncertainty = decoder.finish(label, geom) if decoder else None
         marks.append(time.perf_counter())
         timings = dict(zip(("preprocess", "windows", "restore", "postprocess"), np.diff(marks).tolist()))
         return CasePrediction(label=label, max_foreground_prob=max_fg, seconds=marks[-1] - start,
-                              uncertainty=uncertainty, model_probs=raw if details else None, timings=timings)
+                              uncertainty=uncertainty, model_probs=raw if details else None, timings=timings,
+                              enhancing_relabelled_ml=relabelled)
+
+    def postprocess(self, label: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, float | None]:
+        """Small tumour components removed (``min_component_ml``), then a small enhancing tumour
+        relabelled as tumour core (``min_enhancing_ml``); with the enhancing volume relabelled (ml,
+        ``None`` if nothing was)."""
+        spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+        if self.min_component_ml > 0:
+            label = remove_small_components(label, spacing, self.min_component_ml)
+        if self.min_enhancing_ml <= 0 or self.enhancing_rule is None:
+            return label, None
+        ml = float(np.prod(spacing)) / 1000.0
+        out = self.enhancing_rule.apply(label, ml, self.min_enhancing_ml)
+        return out, (self.enhancing_rule.volume_ml(label, ml) if out is not label else None)
 
 
 def current_rss_bytes() -> int:

@@ -176,7 +176,9 @@ def predict_case(item: InputCase, predictor: CasePredictor, art: Artifact, out_d
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     log.info("predict %s: %.1f s", item.name, pred.seconds)
     return {**record, "seconds": round(pred.seconds, 3), "peak_rss_mb": round(peak_mb, 1),
-            "max_foreground_prob": pred.max_foreground_prob, "foreground_voxels": int((pred.label > 0).sum())}
+            "max_foreground_prob": pred.max_foreground_prob, "foreground_voxels": int((pred.label > 0).sum()),
+            **({"enhancing_relabelled_ml": round(pred.enhancing_relabelled_ml, 4)}
+               if pred.enhancing_relabelled_ml is not None else {})}
 
 
 def check_missing_channels(item: InputCase, art: Artifact) -> tuple[str, ...]:

@@ -38,7 +38,7 @@ from medseg.data.labels import LabelSpec, internal_convention, label_spec
 from medseg.data.prepared import PreparedDataset
 from medseg.errors import ConfigError, MedsegError, case_error
 from medseg.data.preprocess import Geometry
-from medseg.export.review import fit_review
+from medseg.export.review import fit_enhancing, fit_review
 from medseg.inference.build import build_predictor
 from medseg.inference.calibration import band_samples
 from medseg.inference.predictor import CasePrediction, CasePredictor
@@ -84,7 +84,10 @@ def evaluate_checkpoint(cfg: Any, checkpoint: Path, prepared: PreparedDataset, o
     start = time.monotonic()
     names = [e["name"] for e in prepared.split(choice(cfg.evaluate.split))]
     predictor = build_predictor(cfg.evaluate.inference, checkpoint=checkpoint)
-    check = TestReview(predictor, prepared, cfg.calibration, names) if cfg.calibration.enabled else None
+    fit_rule = cfg.evaluate.inference.min_enhancing_ml is None  # fitted on validation, as export will
+    check = TestReview(predictor, prepared, cfg.calibration, names, fit_rule) if cfg.calibration.enabled else None
+    fit = (check.fitted.get("enhancing") if check is not None else
+           fit_enhancing(predictor, prepared) if fit_rule else None)
     references = source_references(prepared.refs(names), prepared.channels)
     pred_dir = out_dir / "predictions"
     dropped = dropped_channels(cfg.evaluate.drop_channels, prepared.channels)
@@ -93,8 +96,12 @@ def evaluate_checkpoint(cfg: Any, checkpoint: Path, prepared: PreparedDataset, o
     source = {"checkpoint": str(checkpoint), "prepared": str(prepared.folder),
               **({"missing_channels": "+".join(dropped)} if dropped else {})}
     files = list_cases(pred_dir, "predictions", allow_empty=True)
+    post = {"min_component_ml": predictor.min_component_ml, "min_enhancing_ml": predictor.min_enhancing_ml,
+            "enhancing_fit": fit, "cases_relabelled": {n: e["enhancing_relabelled_ml"] for n, e in extras.items()
+                                                       if e.get("enhancing_relabelled_ml") is not None}}
     return score(cfg, out_dir, pred_dir, files, references, prepared.labels, internal_convention(prepared.labels),
-                 source=source, model_sha=sha256_file(checkpoint), extras=extras, start=start, review=check)
+                 source=source, model_sha=sha256_file(checkpoint), extras=extras, start=start, review=check,
+                 postprocessing=post)
 
 
 def predict_cases(predictor: CasePredictor, references: Mapping[str, SourceReference], pred_dir: Path, *,
@@ -126,7 +133,8 @@ def predict_cases(predictor: CasePredictor, references: Mapping[str, SourceRefer
             continue
         with atomic_path(pred_dir / f"{name}.nii.gz") as tmp:
             write_nifti(tmp, pred.label, case.affine)
-        extras[name] = {"seconds": pred.seconds, "max_foreground_prob": pred.max_foreground_prob}
+        extras[name] = {"seconds": pred.seconds, "max_foreground_prob": pred.max_foreground_prob,
+                        "enhancing_relabelled_ml": pred.enhancing_relabelled_ml}
         if check is not None:
             check.add(name, image, case.affine, pred)
     return extras
@@ -166,10 +174,11 @@ def evaluate_folders(cfg: Any, predictions: Path, references: Path, out_dir: Pat
 def score(cfg: Any, out_dir: Path, predictions: Path, files: Mapping[str, Path], references: Mapping[str, Reference],
           labels: LabelSpec, convention: str, *, source: dict[str, Any], model_sha: str | None,
           extras: Mapping[str, Mapping[str, Any]] | None, start: float,
-          review: TestReview | None = None) -> dict[str, Any]:
+          review: TestReview | None = None, postprocessing: dict[str, Any] | None = None) -> dict[str, Any]:
     """Score the prediction ``files`` of the folder ``predictions`` (``convention`` coding) against
     ``references``, write the outputs (with ``review``'s calibration and QC ranking under
-    ``metrics.json`` ``review``) and return the stage summary."""
+    ``metrics.json`` ``review``, and the ``postprocessing`` the predictions had: thresholds, the
+    enhancing rule's fit, the cases it relabelled) and return the stage summary."""
     ev = cfg.evaluate
     scoring = Scoring(ev, labels)
     unmatched = score_predictions(scoring, predictions, files, references, convention=convention,
@@ -181,6 +190,8 @@ def score(cfg: Any, out_dir: Path, predictions: Path, files: Mapping[str, Path],
                                     config=config)
     if review is not None:
         evaluation.metrics["review"] = review.summary(evaluation.records)
+    if postprocessing is not None:
+        evaluation.metrics["postprocessing"] = postprocessing
     viewer = evaluation_viewer(ev, scored_case_loader(references, files, convention), files, predictions,
                                review.qc if review is not None else None)
     write_evaluation(out_dir, evaluation, config_yaml=OmegaConf.to_yaml(config),
@@ -198,9 +209,9 @@ class TestReview:
     """
 
     def __init__(self, predictor: CasePredictor, prepared: PreparedDataset, cfg: CalibrationConfig,
-                 names: Sequence[str]) -> None:
+                 names: Sequence[str], fit_rule: bool = False) -> None:
         self.predictor, self.cfg = predictor, cfg
-        self.fitted = fit_review(predictor, prepared, cfg)
+        self.fitted = fit_review(predictor, prepared, cfg, fit_rule=fit_rule)
         wanted = set(names)
         self.entries = {e["name"]: e for v in prepared.datalist.values() for e in v if e["name"] in wanted}
         self.channels = prepared.channels

@@ -11,7 +11,10 @@ labels differ from the eager model's beyond ``export.logit_tolerance`` /
 
 With ``calibration.enabled`` and ``paths.prepared``, the temperature and the QC thresholds are
 fitted on the validation split (:mod:`medseg.export.review`) and recorded in ``metadata.json``
-(``calibration``, ``qc``); ``summary.json`` states the temperature.
+(``calibration``, ``qc``); ``summary.json`` states the temperature. With ``paths.prepared`` and
+``evaluate.inference.min_enhancing_ml`` unset (null), the small-enhancing rule's threshold is fitted
+on the validation split too (:mod:`medseg.inference.postprocess`) and recorded under
+``postprocessing``; ``summary.json`` states it.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from medseg.export.model_card import model_card
 from medseg.export.onnx import export_onnx, quantize_int8
 from medseg.export.parity import check_formats, parity_inputs
 from medseg.export.review import review_metadata
+from medseg.inference.postprocess import EnhancingRule
 from medseg.inference.targets import Target
 from medseg.models.checkpoint import model_from_checkpoint
 from medseg.stages.common import require_path
@@ -69,7 +73,10 @@ def export(cfg: Any, checkpoint: Path, prepared: PreparedDataset | None, metrics
     scripted = script_model(model, example)
     metadata = artifact_metadata(str(cfg.name), meta, model, checkpoint, read_json(metrics) if metrics else None,
                                  min_component_ml=float(cfg.evaluate.inference.min_component_ml or 0.0))
-    metadata.update(review_metadata(getattr(cfg, "calibration", None), cfg.evaluate.inference, checkpoint, prepared))
+    review = review_metadata(getattr(cfg, "calibration", None), cfg.evaluate.inference, checkpoint, prepared)
+    metadata["postprocessing"].update(enhancing_postprocessing(cfg.evaluate.inference.min_enhancing_ml,
+                                                               review.pop("enhancing", None), target))
+    metadata.update(review)
     art_dir = out_dir / "artifact"
     write_formats(cfg.export, art_dir, model, example, scripted, metadata, training_data(prepared))
     parity = check_formats(cfg.export, model, art_dir, example, image, patch, target)
@@ -78,8 +85,21 @@ def export(cfg: Any, checkpoint: Path, prepared: PreparedDataset | None, metrics
                  p["label_agreement"])
     summary = {"artifact": str(art_dir), **parity["torch"], "parity": parity,
                "temperature": (metadata.get("calibration") or {}).get("temperature"),
+               "min_enhancing_ml": metadata["postprocessing"].get("min_enhancing_ml"),
                "files": sorted(read_json(art_dir / "metadata.json")["files"])}
     return ExportResult(artifact=art_dir, summary=summary)
+
+
+def enhancing_postprocessing(configured: float | None, fit: dict[str, Any] | None, target: Target) -> dict[str, Any]:
+    """``metadata.json`` ``postprocessing`` fields of the small-enhancing rule: the threshold (the
+    configured one, else the one fitted on validation, else 0: off), the codes it relabels and the
+    fit's evidence (:mod:`medseg.inference.postprocess`); nothing for a label set without the rule."""
+    rule = EnhancingRule.for_labels(target.labels)
+    if rule is None:
+        return {}
+    ml = float(configured) if configured is not None else float(fit["min_enhancing_ml"]) if fit else 0.0
+    return {"min_enhancing_ml": ml, "enhancing_codes": list(rule.codes), "enhancing_replacement": rule.replacement,
+            "enhancing_fit": fit if configured is None else None}
 
 
 def write_formats(export_cfg: ExportConfig, art_dir: Path, model: torch.nn.Module, example: torch.Tensor,
