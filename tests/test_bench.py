@@ -246,8 +246,8 @@ def test_the_medseg_arm_scores_best_pt_and_the_final_weights_apart(tmp_path):
 
     data = write_msd_dataset(tmp_path / "data", SynthConfig(n=8, n_test=2, spacing=2.0, fov_mm=(96.0, 96.0, 96.0), seed=3))
     work = tmp_path / "work"
-    result = run_medseg(data, work, budget=25, threads=2,
-                        extra=["train.budget_schedule=true", "train.seed=0"])
+    result = run_medseg(data, work, budget=25, threads=2,  # a threshold above any enhancing volume: the rule on
+                        extra=["train.budget_schedule=true", "train.seed=0", "evaluate.inference.min_enhancing_ml=50"])
     test_names = sorted(p.name.split(".")[0] for p in (data / "labelsTs").glob("*.nii.gz"))
     assert sorted(result["cases"]) == sorted(result["last"]["cases"]) == test_names
     assert set(result["dice"]) == set(result["last"]["dice"]) == set(REGIONS)
@@ -260,6 +260,38 @@ def test_the_medseg_arm_scores_best_pt_and_the_final_weights_apart(tmp_path):
         assert metrics["model_sha256"] == sha256_file(work / "train" / checkpoint)
     # best.pt is the best validation's epoch, last.pt the final one
     assert (best.epoch, last.epoch) == (result["best_epoch"], result["epochs"] - 1)
+    # the rule was on, so each checkpoint was scored again without it, from the same weights
+    for rule, folder in ((result["enhancing_rule"], "evaluate"), (result["last"]["enhancing_rule"], "evaluate_last")):
+        assert rule["min_enhancing_ml"] == 50 and sorted(rule["without"]["cases"]) == test_names
+        without = json.loads((work / f"{folder}_norule" / "metrics.json").read_text())
+        assert without["postprocessing"]["min_enhancing_ml"] == 0 and without["model_sha256"] == json.loads(
+            (work / folder / "metrics.json").read_text())["model_sha256"]
+        assert set(rule["cases_relabelled"]) <= set(test_names)
+
+
+def test_the_rule_table_pairs_each_run_with_its_own_weights_without_the_rule():
+    """Seed 0's rule relabelled one absent enhancing tumour (Dice 0 -> 1 on that region: +1/3 on
+    the case, +1/6 on the mean of two cases); seed 1's fitted threshold was 0, so it was not scored
+    again. ``rule_off`` puts the figures without the rule in place, and leaves older runs alone."""
+    with_rule = _per_case({"c1": 1.0, "c2": 0.5})
+    without = _per_case({"c1": 1.0, "c2": 0.5})
+    without["c1"]["enhancing_tumour"] = [0.0, 0.0]
+    seed0 = _run(300, 0, with_rule, mean=0.75)
+    seed0["enhancing_rule"] = {"min_enhancing_ml": 0.2, "cases_relabelled": {"c1": 0.12},
+                               "without": {"dice": {"whole_tumour": 0.75, "tumour_core": 0.75, "enhancing_tumour": 0.25},
+                                           "cases": without}}
+    seed1 = _run(300, 1, with_rule, mean=0.75)
+    seed1["enhancing_rule"] = {"min_enhancing_ml": 0.0, "cases_relabelled": {}}
+    results = {"medseg floor": [seed0, seed1], "monai": [_run(300, None, mean=0.3)]}
+    rows = ttq.rule_table(results).splitlines()
+    assert len(rows) == 3  # the MONAI run recorded no rule: no row
+    cells = [c.strip() for c in rows[2].strip("|").split("|")]
+    assert cells == ["medseg floor", "300", "0, 1", "0.2, 0", "0.750", "0.667", "+0.167, +0.000", "c1 0.120 (1)"]
+    off = ttq.rule_off(results)
+    assert off["medseg floor"][0]["test_mean_dice"] == pytest.approx(1.75 / 3)
+    assert off["medseg floor"][0]["cases"]["c1"]["enhancing_tumour"] == [0.0, 0.0]
+    assert off["medseg floor"][1] is seed1 and off["monai"][0] is results["monai"][0]
+    assert ttq.rule_table({"monai": [_run(300, None)]}) == ""
 
 
 def test_the_test_dice_axis_zooms_to_the_data_so_small_differences_show():

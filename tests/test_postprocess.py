@@ -138,6 +138,9 @@ def test_export_and_evaluate_fit_the_same_threshold_on_the_validation_cases(run_
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     assert metrics["postprocessing"]["min_enhancing_ml"] == post["min_enhancing_ml"]  # evaluate scored what ships
     assert metrics["postprocessing"]["enhancing_fit"]["n_cases"] == n_val
+    report = (run_dir / "evaluate" / "report.md").read_text()
+    assert "Post-processing, as predict applies it: tumour components under" in report
+    assert ("relabelled as tumour core" if post["min_enhancing_ml"] else "small-enhancing rule off") in report
     art = load_artifact(run_dir / "export" / "artifact")
     assert build_predictor(InferenceConfig(device=Device.cpu), artifact=art).min_enhancing_ml == post["min_enhancing_ml"]
     assert build_predictor(InferenceConfig(device=Device.cpu, min_enhancing_ml=0.7), artifact=art

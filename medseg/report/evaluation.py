@@ -247,10 +247,31 @@ def write_evaluation(out_dir: Path, evaluation: Evaluation, *, config_yaml: str,
     metrics = evaluation.metrics
     write_evaluation_report(out_dir, title="medseg evaluation report", summary=metrics["summary"],
                             records=evaluation.records, regions=evaluation.labels.regions,
-                            detection=evaluation.detection, conventions=evaluation.report_conventions,
+                            detection=evaluation.detection,
+                            conventions=[*evaluation.report_conventions,
+                                         *postprocessing_lines(metrics.get("postprocessing"))],
                             provenance=metrics["provenance"], config_yaml=config_yaml, montage=montage,
                             n_figures=n_figures, nsd_mm=evaluation.nsd_mm, review=metrics.get("review"),
                             viewer=viewer)
+
+
+def postprocessing_lines(post: Mapping[str, Any] | None) -> list[str]:
+    """The report's sentence on the post-processing the predictions had (checkpoint evaluations):
+    the small-component removal and the small-enhancing rule, its threshold, where it came from and
+    the test cases it relabelled."""
+    if not post:
+        return []
+    line = f"Post-processing, as predict applies it: tumour components under {post['min_component_ml']:g} ml removed"
+    fit, ml = post.get("enhancing_fit"), float(post.get("min_enhancing_ml") or 0)
+    source = (f"fitted on {fit['n_cases']} validation cases, enhancing-tumour Dice there {fit['mean_dice_before']:.3f}"
+              f" -> {fit['mean_dice_after']:.3f}" if fit else "configured")
+    if ml > 0:
+        cases = post.get("cases_relabelled") or {}
+        line += (f"; a case's enhancing tumour under {ml:g} ml relabelled as tumour core (threshold {source}); "
+                 f"cases relabelled here: " + (", ".join(f"{c} ({v:.2f} ml)" for c, v in cases.items()) or "none"))
+    elif fit:
+        line += f"; small-enhancing rule off (no threshold gained on the {fit['n_cases']} validation cases)"
+    return [line + "."]
 
 
 def montage_loader(references: Mapping[str, Reference], files: Mapping[str, Path], convention: str,
