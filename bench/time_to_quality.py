@@ -29,7 +29,11 @@ budget, the paired per-case difference of the test mean Dice (bootstrap 95 % CI 
 the test cases, the difference per seed, the cases that differ most), and, for the medseg runs, the
 test mean Dice of ``best.pt`` (chosen by the moving average of the validation Dice,
 ``train.best_ema``; the one scored everywhere else) against the final weights' (``last.pt``;
-``--checkpoint last`` puts those in every table and the curve instead); wall s is each run's
+``--checkpoint last`` puts those in every table and the curve instead), and the small-enhancing
+rule's table: the threshold each run's fit chose on the validation cases, the test mean Dice with
+it (what every other table shows, as ``evaluate`` reports it) and without it (the same weights scored
+again where it was on; ``--rule off`` puts those in every table, like with like with the runs
+before session 19, which had no rule), the test cases it relabelled; wall s is each run's
 preparation plus training (``medseg epochs`` finishes the epoch that crosses the budget). Drawn:
 ``--png`` (test mean Dice against budget; validation curves of the longest budget; by default
 under ``outputs/bench/``, so that a run never replaces a figure in ``docs/``). Every figure states the CPU.
