@@ -322,7 +322,8 @@ def rule_table(results: dict[str, list[dict]]) -> str:
             relabelled = []
             for r in runs:
                 for case, ml in sorted(r["enhancing_rule"]["cases_relabelled"].items()):
-                    relabelled.append(f"{case} {ml:.3f} ({r['cases'][case]['enhancing_tumour'][0]:.0f})")
+                    dice = r["cases"][case]["enhancing_tumour"][0]
+                    relabelled.append(f"{case} {ml:.3f} ({'n/a' if dice is None else f'{dice:.0f}'})")
             seeds = ", ".join(str(r.get("seed")) for r in runs)
             thresholds = ", ".join(f"{r['enhancing_rule']['min_enhancing_ml']:g}" for r in runs)
             gains = ", ".join(f"{a['test_mean_dice'] - b['test_mean_dice']:+.3f}" for a, b in zip(runs, without))

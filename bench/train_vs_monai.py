@@ -123,9 +123,10 @@ def without_rule(cfg, work: Path, folder: str) -> dict:
                                                                             "cases_relabelled")}}
     if out["min_enhancing_ml"] > 0:
         cfg.paths.checkpoint = metrics["checkpoint"]
+        configured = cfg.evaluate.inference.min_enhancing_ml
         cfg.evaluate.inference.min_enhancing_ml = 0.0
         _, ev = run_in_dir(evaluate_stage, cfg, work / f"{folder}_norule", clean_dir=True)
-        cfg.evaluate.inference.min_enhancing_ml = None
+        cfg.evaluate.inference.min_enhancing_ml = configured  # the export after this ships what was scored
         out["without"] = {"dice": ev["dice"], "cases": test_cases(work / f"{folder}_norule" / "metrics.json")}
     return out
 

@@ -100,6 +100,7 @@ def test_the_predictor_applies_the_rule_after_the_component_removal():
     lesions = CasePredictor(lambda x: x, spec, (16, 16, 16), Target("labels", label_set("lesion")),
                             InferenceConfig(device=Device.cpu, min_component_ml=0, min_enhancing_ml=5.0))
     assert lesions.enhancing_rule is None and lesions.postprocess(label, affine)[0] is label
+    assert lesions.min_enhancing_ml == 0.0  # what evaluate records is what was applied: nothing
 
 
 def test_the_bundle_component_equals_medseg_s_on_a_permuted_grid():

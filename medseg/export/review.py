@@ -178,15 +178,16 @@ def adopt_enhancing(predictor: CasePredictor, fit: dict[str, Any]) -> dict[str, 
 
 
 def review_metadata(calibration: CalibrationConfig | None, inference: InferenceConfig, checkpoint: Path,
-                    prepared: PreparedDataset | None) -> dict[str, Any]:
+                    prepared: PreparedDataset | None, has_rule: bool = True) -> dict[str, Any]:
     """What ``export`` records under ``calibration`` and ``qc`` (:func:`fit_review` of the
     checkpoint run with ``inference``) and, with ``inference.min_enhancing_ml`` unset, the enhancing
     rule's fit under ``enhancing`` (with the review, or :func:`fit_enhancing` alone with
     ``calibration.enabled=false``). Without a prepared dataset nothing (a warning says so: the
     artifact then predicts uncalibrated probabilities, its QC records carry signals without a review
-    threshold, and the enhancing rule is off)."""
+    threshold, and the enhancing rule is off). ``has_rule``: the checkpoint's label set has the
+    small-enhancing rule (lesion masks and GTV have none: nothing is fitted or warned about for it)."""
     enabled = calibration is not None and calibration.enabled
-    fit_rule = inference.min_enhancing_ml is None
+    fit_rule = inference.min_enhancing_ml is None and has_rule  # has_rule: the label set has an enhancing rule
     if not enabled and not fit_rule:
         return {}
     if prepared is None:

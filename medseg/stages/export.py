@@ -73,7 +73,8 @@ def export(cfg: Any, checkpoint: Path, prepared: PreparedDataset | None, metrics
     scripted = script_model(model, example)
     metadata = artifact_metadata(str(cfg.name), meta, model, checkpoint, read_json(metrics) if metrics else None,
                                  min_component_ml=float(cfg.evaluate.inference.min_component_ml or 0.0))
-    review = review_metadata(getattr(cfg, "calibration", None), cfg.evaluate.inference, checkpoint, prepared)
+    review = review_metadata(getattr(cfg, "calibration", None), cfg.evaluate.inference, checkpoint, prepared,
+                             has_rule=EnhancingRule.for_labels(target.labels) is not None)
     metadata["postprocessing"].update(enhancing_postprocessing(cfg.evaluate.inference.min_enhancing_ml,
                                                                review.pop("enhancing", None), target))
     metadata.update(review)
