@@ -282,17 +282,23 @@ class RemoveSmallComponentsd(MapTransform):
 
         for key in self.key_iterator(d):
             lab = d[key]
-            affine = np.asarray(lab.meta.get("original_affine", lab.affine), dtype=np.float64)
-            label = np.asarray(lab.as_tensor()[0]).copy()
+            label, voxel_ml = _label_and_voxel_ml(lab)
             components, n = ndimage.label(label > 0, structure=np.ones((3,) * label.ndim))
             if n == 0:
                 continue
-            sizes = np.bincount(components.ravel()) * float(np.prod(np.linalg.norm(affine[:3, :3], axis=0))) / 1000
+            sizes = np.bincount(components.ravel()) * voxel_ml
             small = sizes < self.min_ml
             small[0] = False
             label[small[components]] = 0
             d[key] = _with_meta(torch.from_numpy(label)[None], lab)
         return d
+
+
+def _label_and_voxel_ml(lab: MetaTensor) -> tuple[np.ndarray, float]:
+    """A writable copy of a ``(1, X, Y, Z)`` label map and its voxel volume in ml, from the image's
+    original affine (the input grid the label lies on)."""
+    affine = np.asarray(lab.meta.get("original_affine", lab.affine), dtype=np.float64)
+    return np.asarray(lab.as_tensor()[0]).copy(), float(np.prod(np.linalg.norm(affine[:3, :3], axis=0))) / 1000
 
 
 class RelabelSmallEnhancingd(MapTransform):
@@ -318,10 +324,9 @@ class RelabelSmallEnhancingd(MapTransform):
             return d
         for key in self.key_iterator(d):
             lab = d[key]
-            affine = np.asarray(lab.meta.get("original_affine", lab.affine), dtype=np.float64)
-            label = np.asarray(lab.as_tensor()[0]).copy()
+            label, voxel_ml = _label_and_voxel_ml(lab)
             mask = np.isin(label, self.codes)
-            ml = int(mask.sum()) * float(np.prod(np.linalg.norm(affine[:3, :3], axis=0))) / 1000
+            ml = int(mask.sum()) * voxel_ml
             if 0 < ml < self.min_ml:
                 label[mask] = self.replacement
                 d[key] = _with_meta(torch.from_numpy(label)[None], lab)

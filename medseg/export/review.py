@@ -155,9 +155,9 @@ def fit_enhancing(predictor: CasePredictor, prepared: PreparedDataset) -> dict[s
         set without the rule or without a labelled validation case (a warning says so; the rule
         stays off).
     """
-    entries = [e for e in prepared.datalist.get("validation", []) if e.get("label")]
     if predictor.enhancing_rule is None:
         return None
+    entries = [e for e in prepared.datalist.get("validation", []) if e.get("label")]
     if not entries:
         log.warning("no labelled validation case: the small-enhancing rule stays off (set "
                     "evaluate.inference.min_enhancing_ml to choose a threshold, or 0 to silence this)")

@@ -96,7 +96,8 @@ class EnhancingSample:
 
 def enhancing_sample(case: str, pred: np.ndarray, ref: np.ndarray, rule: EnhancingRule,
                      voxel_ml: float) -> EnhancingSample:
-    """The :class:`EnhancingSample` of a predicted and a reference label map on one grid."""
+    """The :class:`EnhancingSample` of a predicted and a reference label map on one grid (the Dice
+    written out here: ``medseg.inference`` does not import ``medseg.metrics``)."""
     p, r = np.isin(pred, rule.codes), np.isin(ref, rule.codes)
     sp, sr = int(p.sum()), int(r.sum())
     dice = 1.0 if sp == sr == 0 else 2.0 * int((p & r).sum()) / (sp + sr)

@@ -198,7 +198,7 @@ class CasePredictor:
             label = remove_small_components(label, spacing, self.min_component_ml)
         if self.min_enhancing_ml <= 0 or self.enhancing_rule is None:
             return label, None
-        ml = float(np.prod(spacing)) / 1000.0
+        ml = voxel_ml(affine)
         out = self.enhancing_rule.apply(label, ml, self.min_enhancing_ml)
         return out, (self.enhancing_rule.volume_ml(label, ml) if out is not label else None)
 
