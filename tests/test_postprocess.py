@@ -13,7 +13,7 @@ import torch
 from medseg.config import Device, InferenceConfig
 from medseg.data.labels import LABEL_SETS, LabelSpec
 from medseg.data.preprocess import PreprocessSpec
-from medseg.inference.postprocess import (EnhancingRule, EnhancingSample, enhancing_sample,
+from medseg.inference.postprocess import (EnhancingRule, EnhancingSample, enhancing_sample, pooled_enhancing_fit,
                                           fit_enhancing_threshold)
 from medseg.inference.predictor import CasePredictor
 from medseg.inference.targets import Target
@@ -136,6 +136,10 @@ def test_export_and_evaluate_fit_the_same_threshold_on_the_validation_cases(run_
     assert post["enhancing_fit"]["n_cases"] == n_val
     assert post["min_enhancing_ml"] == post["enhancing_fit"]["min_enhancing_ml"]
     assert post["min_enhancing_ml"] in [0.0, *post["enhancing_fit"]["candidates_ml"]]
+    samples = post["enhancing_fit"]["samples"]  # the evidence an ensemble refits on
+    assert len(samples) == n_val and {r[0] for r in samples} == {e["name"] for e in datalist["validation"]
+                                                                  if e.get("label")}
+    assert pooled_enhancing_fit([post["enhancing_fit"]])["min_enhancing_ml"] == post["min_enhancing_ml"]
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     assert metrics["postprocessing"]["min_enhancing_ml"] == post["min_enhancing_ml"]  # evaluate scored what ships
     assert metrics["postprocessing"]["enhancing_fit"]["n_cases"] == n_val
@@ -172,3 +176,52 @@ def test_the_model_card_states_the_rule_and_its_evidence_only_when_on(run_dir):
             assert "relabelled" not in card
         else:
             assert expect in limitations.splitlines()
+
+
+def test_an_ensemble_refits_the_threshold_on_its_members_pooled_validation_cases(run_dir, caplog):
+    """Fold A saw a false 0.3 ml speck (alone it would relabel under 0.5 ml), fold B a true 0.4 ml
+    enhancing tumour (alone: off). Pooled, 0.5 ml gains 1 on A's case and loses 0.8 on B's: 0.5.
+    With B's true tumour at Dice 1 the loss outweighs the gain and the ensemble turns the rule off.
+    A member without the evidence falls back to the first artifact's threshold, with a warning."""
+    import copy
+    import logging
+
+    from medseg.export.artifact import load_artifact
+    from medseg.inference.build import build_predictor, enhancing_threshold
+
+    art = load_artifact(run_dir / "export" / "artifact")
+
+    def member(ml, samples):
+        fit = fit_enhancing_threshold([EnhancingSample(*r) for r in samples])
+        assert fit["min_enhancing_ml"] == ml
+        other = copy.copy(art)
+        other.metadata = {**art.metadata, "postprocessing": {**art.metadata["postprocessing"],
+                                                              "min_enhancing_ml": ml, "enhancing_fit": fit}}
+        return other
+
+    a = member(0.5, [("A1", 0.3, 0.0, 0.0), ("A2", 5.0, 6.0, 0.9)])
+    b = member(0.0, [("B1", 0.4, 0.5, 0.8), ("B2", 7.0, 7.0, 0.9)])
+    inference = InferenceConfig(device=Device.cpu)
+    predictor = build_predictor(inference, artifact=a, ensemble=[b])
+    assert predictor.min_enhancing_ml == 0.5 and len(predictor.nets) == 2
+    assert predictor.enhancing_source == "refitted on the pooled validation cases of the 2 ensemble members (4 cases)"
+    assert enhancing_threshold(inference, b, [a])[0] == 0.5  # the order of the members does not matter
+    b_perfect = member(0.0, [("B1", 0.4, 0.5, 1.0), ("B2", 7.0, 7.0, 0.9)])
+    assert enhancing_threshold(inference, a, [b_perfect])[0] == 0.0  # +1 on A1, -1 on B1: no gain, off
+    assert enhancing_threshold(InferenceConfig(device=Device.cpu, min_enhancing_ml=0.2), a, [b]) == \
+        (0.2, "configured (inference.min_enhancing_ml)")
+
+    legacy = copy.copy(b)  # exported before the samples were recorded
+    legacy.metadata = {**b.metadata, "postprocessing": {**b.metadata["postprocessing"], "enhancing_fit": None}}
+    with caplog.at_level(logging.WARNING, logger="medseg.inference.build"):
+        assert enhancing_threshold(inference, a, [legacy]) == (0.5, "the first ensemble member's (members differ)")
+    assert "thresholds differ (0, 0.5 ml)" in caplog.text
+    assert enhancing_threshold(inference, b, [legacy]) == (0.0, "the ensemble members' common threshold")
+
+
+def test_predict_states_the_threshold_it_applied_and_its_source(run_dir):
+    post = json.loads((run_dir / "export" / "artifact" / "metadata.json").read_text())["postprocessing"]
+    summary = json.loads((run_dir / "predict" / "predictions.json").read_text())
+    assert summary["postprocessing"] == {"min_component_ml": post["min_component_ml"],
+                                         "min_enhancing_ml": post["min_enhancing_ml"],
+                                         "min_enhancing_source": "the artifact's (fitted at export)"}

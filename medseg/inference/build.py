@@ -21,6 +21,7 @@ from medseg.config import Backend, InferenceConfig, choice
 from medseg.data.preprocess import PreprocessSpec
 from medseg.errors import ArtifactError, ConfigError
 from medseg.export.artifact import Artifact
+from medseg.inference.postprocess import pooled_enhancing_fit
 from medseg.inference.predictor import CasePredictor, pick_device, torch_network
 from medseg.inference.targets import Target
 
@@ -85,10 +86,13 @@ def _from_artifact(inference: InferenceConfig, artifact: Artifact, ensemble: Seq
     """The artifact's network (and the ensemble's) run with ``backend``."""
     check_ensemble(artifact, ensemble)
     nets = [a.network(backend, device, inference.threads, choice(inference.precision)) for a in (artifact, *ensemble)]
-    return CasePredictor(nets, artifact.spec, artifact.patch_size, Target.from_json(artifact.metadata["output"]),
-                         inference, min_component_ml=min_component_ml(inference, artifact),
-                         min_enhancing_ml=min_enhancing_ml(inference, artifact),
-                         model_cfg=artifact.metadata.get("network"), temperature=temperature(inference, artifact))
+    enhancing_ml, source = enhancing_threshold(inference, artifact, ensemble)
+    predictor = CasePredictor(nets, artifact.spec, artifact.patch_size, Target.from_json(artifact.metadata["output"]),
+                              inference, min_component_ml=min_component_ml(inference, artifact),
+                              min_enhancing_ml=enhancing_ml,
+                              model_cfg=artifact.metadata.get("network"), temperature=temperature(inference, artifact))
+    predictor.enhancing_source = source if predictor.enhancing_rule is not None else "no rule for this label set"
+    return predictor
 
 
 def temperature(inference: InferenceConfig, artifact: Artifact) -> list[float] | None:
@@ -119,9 +123,40 @@ def min_component_ml(inference: InferenceConfig, artifact: Artifact) -> float:
     return float(artifact.metadata.get("postprocessing", {}).get("min_component_ml", 0.0))
 
 
-def min_enhancing_ml(inference: InferenceConfig, artifact: Artifact) -> float:
-    """The configured small-enhancing threshold, else the one fitted at export and recorded in the
-    artifact (0, the rule off, for artifacts exported before it existed)."""
+def min_enhancing_ml(inference: InferenceConfig, artifact: Artifact, ensemble: Sequence[Artifact] = ()) -> float:
+    """The small-enhancing threshold ``predict`` applies (:func:`enhancing_threshold`)."""
+    return enhancing_threshold(inference, artifact, ensemble)[0]
+
+
+def enhancing_threshold(inference: InferenceConfig, artifact: Artifact,
+                        ensemble: Sequence[Artifact] = ()) -> tuple[float, str]:
+    """The small-enhancing threshold and where it comes from.
+
+    The configured one (``inference.min_enhancing_ml``); else, for one artifact, the one fitted at
+    export (0, the rule off, for artifacts exported before it existed); for an ensemble, the
+    threshold refitted on the pooled validation cases of every member
+    (:func:`~medseg.inference.postprocess.pooled_enhancing_fit`: with cross-validation folds, every
+    training case), or, where a member carries no fit evidence, the members' common threshold, and
+    the first artifact's (with a warning) when they differ.
+    """
     if inference.min_enhancing_ml is not None:
-        return float(inference.min_enhancing_ml)
-    return float(artifact.metadata.get("postprocessing", {}).get("min_enhancing_ml", 0.0))
+        return float(inference.min_enhancing_ml), "configured (inference.min_enhancing_ml)"
+    posts = [a.metadata.get("postprocessing", {}) for a in (artifact, *ensemble)]
+    first = float(posts[0].get("min_enhancing_ml", 0.0))
+    if not ensemble:
+        return first, "the artifact's (fitted at export)" if posts[0].get("enhancing_fit") else "the artifact's"
+    pooled = pooled_enhancing_fit([p.get("enhancing_fit") for p in posts])
+    if pooled is not None:
+        log.info("small-enhancing threshold refitted on the %d validation cases of the %d ensemble members: "
+                 "%.2f ml (members' own: %s)", pooled["n_cases"], pooled["members"], pooled["min_enhancing_ml"],
+                 ", ".join(f"{float(p.get('min_enhancing_ml', 0.0)):g}" for p in posts))
+        return float(pooled["min_enhancing_ml"]), (f"refitted on the pooled validation cases of the "
+                                                   f"{pooled['members']} ensemble members ({pooled['n_cases']} cases)")
+    thresholds = {float(p.get("min_enhancing_ml", 0.0)) for p in posts}
+    if len(thresholds) > 1:
+        log.warning("the ensemble members' small-enhancing thresholds differ (%s ml) and not all carry the "
+                    "validation evidence to refit one; applying the first artifact's, %g ml (set "
+                    "predict.inference.min_enhancing_ml to choose)", ", ".join(f"{t:g}" for t in sorted(thresholds)),
+                    first)
+        return first, "the first ensemble member's (members differ)"
+    return first, "the ensemble members' common threshold"

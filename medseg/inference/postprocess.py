@@ -10,9 +10,12 @@ tumour core. Tumour core and whole tumour are unchanged; only the enhancing regi
 medseg fits the threshold on the validation split (:func:`fit_enhancing_threshold`): the candidate
 of :data:`CANDIDATES_ML` with the highest mean enhancing-tumour Dice of the validation cases as
 ``predict`` would write them, the smallest on a tie, and none (0: off) unless it gains. ``export``
-records it in the artifact (``metadata.json`` ``postprocessing``), ``evaluate`` fits the same before
-scoring the test cases, and every runner (``predict``, ``medseg-predict``, the MONAI bundle, the
-BraTS container) applies it after the small-component removal.
+records it in the artifact (``metadata.json`` ``postprocessing``, with the per-case evidence),
+``evaluate`` fits the same before scoring the test cases, and every runner (``predict``,
+``medseg-predict``, the MONAI bundle, the BraTS container) applies it after the small-component
+removal. An ensemble of cross-validation folds refits it on the pooled validation cases of all its
+members (:func:`pooled_enhancing_fit`), as nnU-Net chooses its post-processing on the out-of-fold
+predictions of the whole cross-validation.
 """
 
 from __future__ import annotations
@@ -87,6 +90,16 @@ class EnhancingSample:
     ref_ml: float
     dice: float
 
+    @classmethod
+    def from_record(cls, record: Sequence) -> EnhancingSample:
+        """The sample of one row of a fit's ``samples`` (``[case, pred_ml, ref_ml, dice]``)."""
+        case, pred_ml, ref_ml, dice = record
+        return cls(str(case), float(pred_ml), float(ref_ml), float(dice))
+
+    def record(self) -> list:
+        """The row :func:`fit_enhancing_threshold` keeps in its ``samples`` (6 decimals)."""
+        return [self.case, round(self.pred_ml, 6), round(self.ref_ml, 6), round(self.dice, 6)]
+
     def dice_with(self, min_ml: float) -> float:
         """The case's enhancing-tumour Dice once the rule with threshold ``min_ml`` has run."""
         if 0 < self.pred_ml < min_ml:
@@ -114,7 +127,8 @@ def fit_enhancing_threshold(samples: Sequence[EnhancingSample],
     Returns:
         ``min_enhancing_ml`` (the threshold, 0: off), ``n_cases``, ``mean_dice_before`` /
         ``mean_dice_after`` (enhancing tumour, the validation cases), ``cases_relabelled``
-        (``{case: predicted ml}`` for the threshold), ``candidates_ml`` and ``method``.
+        (``{case: predicted ml}`` for the threshold), ``candidates_ml``, ``method`` and ``samples``
+        (each case's :meth:`EnhancingSample.record`, the evidence a pooled refit needs).
 
     Example:
         >>> s = [EnhancingSample("absent", 0.3, 0.0, 0.0), EnhancingSample("small", 0.9, 1.2, 0.7),
@@ -138,4 +152,37 @@ def fit_enhancing_threshold(samples: Sequence[EnhancingSample],
             "candidates_ml": [float(c) for c in candidates],
             "method": "enhancing tumour relabelled as tumour core where its predicted volume in the case is under "
                       "min_enhancing_ml; the threshold with the highest mean enhancing-tumour Dice of the "
-                      "validation cases (smallest on ties, 0 without a gain)"}
+                      "validation cases (smallest on ties, 0 without a gain)",
+            "samples": [s.record() for s in samples]}
+
+
+def pooled_enhancing_fit(fits: Sequence[dict | None]) -> dict | None:
+    """The threshold refitted on the validation cases of several models together.
+
+    An ensemble of cross-validation folds holds one fit per fold, each on its own validation cases
+    and each model's own predictions of them (the out-of-fold predictions); pooled, they are the
+    evidence of every training case. The candidates are those of the first fit. Cases that several
+    fits share (an ensemble of seeds on one split) count once per model.
+
+    Returns:
+        :func:`fit_enhancing_threshold` of the pooled samples, with ``members`` (how many fits),
+        or ``None`` when a fit is missing or carries no ``samples`` (a configured threshold, or an
+        artifact exported before the samples were recorded).
+
+    Example:
+        >>> a = fit_enhancing_threshold([EnhancingSample("a1", 0.3, 0.0, 0.0), EnhancingSample("a2", 5, 6, 0.9)])
+        >>> b = fit_enhancing_threshold([EnhancingSample("b1", 0.4, 0.5, 0.8), EnhancingSample("b2", 7, 7, 0.9)])
+        >>> a["min_enhancing_ml"], b["min_enhancing_ml"]  # a: a false speck, b: a true small one
+        (0.5, 0.0)
+        >>> pooled = pooled_enhancing_fit([a, b])  # 0.5 ml gains 1 on a1, loses 0.8 on b1
+        >>> pooled["min_enhancing_ml"], pooled["n_cases"], pooled["members"]
+        (0.5, 4, 2)
+        >>> pooled_enhancing_fit([a, None]) is None
+        True
+    """
+    if not fits or any(not f or not f.get("samples") for f in fits):
+        return None
+    samples = [EnhancingSample.from_record(r) for f in fits for r in f["samples"]]
+    pooled = fit_enhancing_threshold(samples, fits[0].get("candidates_ml") or CANDIDATES_ML)
+    pooled["members"] = len(fits)
+    return pooled

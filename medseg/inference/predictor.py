@@ -108,6 +108,7 @@ class CasePredictor:
         self.enhancing_rule = EnhancingRule.for_labels(target.labels)
         # 0 where the label set has no rule, so that what is recorded is what was applied
         self.min_enhancing_ml = float(min_enhancing_ml or 0.0) if self.enhancing_rule is not None else 0.0
+        self.enhancing_source = "set by the caller"  # build_predictor says where an artifact's came from
         self.max_memory_gb = None if inference.max_memory_gb is None else float(inference.max_memory_gb)
         self.stitch_dtype = getattr(torch, choice(inference.stitch_dtype))
         self.window_bytes = inference_window_bytes(self.patch_size, model_cfg, len(spec.channels),

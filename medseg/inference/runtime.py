@@ -253,6 +253,9 @@ def run_batch(items: Sequence[InputCase], predictor: CasePredictor, art: Artifac
     codes = {code: art.labels.labels[k] for k, code in output_codes(coding).items() if k in art.labels.labels}
     summary = {"artifact": str(art.path), **(extra or {}), "shard": shard, "labels": coding,
                "label_codes": {str(c): codes[c] for c in sorted(codes)},
+               "postprocessing": {"min_component_ml": predictor.min_component_ml,
+                                  "min_enhancing_ml": predictor.min_enhancing_ml,
+                                  "min_enhancing_source": predictor.enhancing_source},
                "cases": results,
                "n_ok": sum(r["status"] == "ok" for r in results), "n_failed": len(failed),
                "n_skipped": sum(r["status"].startswith("skipped") for r in results), "qc": batch_review(results)}
