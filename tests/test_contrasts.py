@@ -263,3 +263,53 @@ def test_misleading_and_description_free_studies_pass_dciodvfy(studies):
     assert files and not errors, "\n".join(errors[:20])
     assert np.all([pydicom.dcmread(f, stop_before_pixels=True).get("SeriesDescription") is None
                    for f in files if "SUBJ006" in str(f)])
+
+
+@pytest.mark.parametrize("description", ["3-PLANE LOC", "FAST LOCALIZER", "T/S/C RF FAST PILOT", "SmartBrain Survey",
+                                         "AAHead_Scout_64ch"])
+def test_a_localiser_named_only_by_its_description_is_not_an_input(studies, tmp_path, description):
+    """GE writes its localisers as ImageType ORIGINAL\\PRIMARY\\OTHER with T1-like TR/TE (pydicom's
+    dicomdirtests: 'FAST LOCALIZER', 'T/S/C RF FAST PILOT'): without the description rule such a
+    series is a second T1 candidate and the study is refused as ambiguous."""
+    root = shutil.copytree(studies, tmp_path / "dcm")
+    _copy_series(root, "SUBJ001", "SE003", 9, SeriesDescription=description, ImageType=["ORIGINAL", "PRIMARY", "OTHER"])
+    series, _ = scan(walk_files(root / "dicom" / "SUBJ001"))
+    loc = next(s for s in series if s.series_number == 9)
+    assert loc.acquisition["ImageType"] == ["ORIGINAL", "PRIMARY", "OTHER"]
+    ref = next(r for r in make_source("dicom", str(root)).cases() if r.name == "SUBJ001")
+    assert not ref.problems, ref.problems
+    chosen = {c: n for c, _, n, _, _ in ref.identification}
+    assert chosen == NUMBERS
+    got = identify_series(series, list(NUMBERS), {c: __import__("re").compile(c, 2) for c in NUMBERS})
+    assert next(x for x in got if x.series is loc).reasons == [f"SeriesDescription {description!r}: a localiser"]
+
+
+def test_predict_fails_an_ambiguous_study_alone_and_refuses_a_folder_without_a_case(studies, tmp_path):
+    """An ambiguous study has no files chosen: it fails alone with its problem (was an IndexError
+    while listing the cases); a folder whose DICOM files cannot be read is an error that says so
+    (was an exit 0 with no case)."""
+    from medseg.inference.datasets import dicom_inputs
+    from medseg.errors import InvalidCase
+
+    root = shutil.copytree(studies, tmp_path / "dcm")
+    post = next((root / "dicom" / "SUBJ006").glob("*/SE004"))
+    for f in post.iterdir():  # two T1 without an agent: an ambiguity
+        ds = pydicom.dcmread(f)
+        del ds.ContrastBolusAgent, ds.ContrastBolusRoute
+        ds.save_as(f)
+    for series in ("SE002", "SE005"):  # and no FLAIR, no T2: no file is left to the case
+        shutil.rmtree(post.parent / series)
+    items = {i.name: i for i in dicom_inputs(root, list(NUMBERS))}
+    assert len(items) == len(DICOM_STYLES)
+    bad = items["SUBJ006"]
+    assert bad.path.is_dir() and bad.path.is_relative_to(post.parent) and not bad.dicom_series  # its problem names it
+    with pytest.raises(InvalidCase, match="2 series are candidates"):
+        bad.load()
+    assert items["SUBJ001"].load()[0].shape[0] == 4
+
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "a.dcm").write_bytes(b"\0" * 400)
+    with pytest.raises(DataError, match=r"junk: no case to predict: 1 file\(s\) could not be read, such as .*a.dcm: "
+                                        r"not a readable DICOM file"):
+        dicom_inputs(junk, list(NUMBERS))

@@ -285,3 +285,61 @@ def test_single_slice_step_is_spacing_between_slices_then_thickness(tmp_path, be
         subprocess.run([DCM2NIIX, "-z", "n", "-f", "out", "-o", str(tmp_path), str(tmp_path / "s")],
                        check=True, capture_output=True)
         assert nib.load(tmp_path / "out.nii").header.get_zooms()[2] == pytest.approx(expected)
+
+
+# --- headers as real files write them (found by feeding every pydicom / pydicom-data sample to predict) --
+
+def test_a_malformed_header_value_is_refused_naming_the_file():
+    """pydicom's badVR.dcm: NumberOfFrames '1A' (IS). Was a raw ValueError from int()."""
+    from medseg.data.io.dicom import scan, series_geometry
+
+    path = PYDICOM_FILES / "badVR.dcm"
+    with pytest.raises(DataError, match=r"badVR.dcm: malformed DICOM header \(ValueError: .*'1A'"):
+        series_geometry([path], 10**9)
+    with pytest.raises(DataError, match=r"badVR.dcm: malformed DICOM header"):
+        read_series([path], 10**9)
+    series, problems = scan([path])  # headers alone: grouped, no crash
+    assert len(series) == 1 and not problems
+
+
+def test_a_zero_pixel_spacing_is_refused_and_a_radiograph_falls_back_to_the_imager_spacing(tmp_path):
+    """CR readers write PixelSpacing 0\\0 for "not calibrated" (pydicom-data's RG1_UNCI.dcm): a
+    radiograph then takes ImagerPixelSpacing, or is refused without one (was an OrientationError from
+    a zero affine); a series slice with a zero spacing is refused naming the file."""
+    image = np.arange(30 * 20, dtype=np.float32).reshape(30, 20)
+    p = write_radiograph(image, tmp_path / "cr.dcm", new_ids("P", "AP", 1), spacing=(0.2, 0.2),
+                         spacing_tag="ImagerPixelSpacing")
+    ds = pydicom.dcmread(p)
+    ds.PixelSpacing = [0, 0]
+    ds.save_as(p)
+    rad = read_radiograph(p)
+    assert rad.spacing == (0.2, 0.2) and rad.spacing_source == "ImagerPixelSpacing"
+    del ds.ImagerPixelSpacing
+    ds.save_as(p)
+    with pytest.raises(DataError, match=r"cr.dcm: PixelSpacing is 0\\0 and there is no ImagerPixelSpacing"):
+        read_radiograph(p)
+    ds.PixelSpacing = [0.2, -0.2]
+    ds.save_as(p)
+    with pytest.raises(DataError, match=r"cr.dcm: PixelSpacing 0.2\\-0.2 is not a pixel size"):
+        read_radiograph(p)
+    files = _series(tmp_path)
+    ds = pydicom.dcmread(files[3])
+    ds.PixelSpacing = [0, 0]
+    ds.save_as(files[3])
+    with pytest.raises(DataError, match=rf"{files[3].name}: PixelSpacing 0\\0 is not a pixel size"):
+        read_series(files, 10**8)
+
+
+def test_a_file_without_the_part10_header_is_read_in_the_encoding_detected(tmp_path):
+    """A bare data set (no preamble, no DICM, no file meta), as some older exports write slices,
+    builds the same volume as the Part 10 files it was written from."""
+    files = _series(tmp_path)
+    reference = read_series(files, 10**8)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.file_meta, ds.preamble = pydicom.dataset.FileMetaDataset(), None
+        ds.save_as(f, enforce_file_format=False, implicit_vr=True, little_endian=True)
+        assert f.read_bytes()[128:132] != b"DICM"
+    bare = read_series(files, 10**8)
+    np.testing.assert_array_equal(bare.data, reference.data)
+    np.testing.assert_allclose(bare.affine, reference.affine)

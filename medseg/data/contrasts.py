@@ -5,7 +5,10 @@ contrasts of a brain-tumour study — FLAIR, T1, T1 post-contrast, T2 — from i
 first, its SeriesDescription second:
 
 - *not an input*: ImageType marks a localiser (``LOCALIZER``), a derived image (value 1
-  ``DERIVED``) or a projection/reformat (``PROJECTION IMAGE``, ``MIP``, ``MPR``, ...);
+  ``DERIVED``) or a projection/reformat (``PROJECTION IMAGE``, ``MIP``, ``MPR``, ...); or the
+  SeriesDescription names a localiser where ImageType does not (GE writes ``ORIGINAL\\PRIMARY\\OTHER``
+  for ``3-PLANE LOC``, ``FAST LOCALIZER``, ``T/S/C RF FAST PILOT``; Philips ``Survey``, Siemens
+  ``AAHead_Scout``), :data:`LOCALISER_DESCRIPTION`;
 - *weighting*: enhanced MR's AcquisitionContrast (``FLUID_ATTENUATED``, ``T1``, ``T2``) when
   present; else an inversion-recovery sequence (``IR`` in ScanningSequence, or InversionRecovery
   ``YES``) with InversionTime >= 1500 ms is FLAIR (fluid nulled), 300-1500 ms is T1 (MPRAGE-like
@@ -67,6 +70,8 @@ CHANNEL_CONTRASTS: dict[str, Contrast] = {
 #: ImageType values of series that are not acquisitions of a contrast
 NOT_INPUT_TYPES = {"LOCALIZER": "a localiser", "PROJECTION IMAGE": "a projection image", "MIP": "a projection (MIP)",
                    "MNIP": "a projection (MinIP)", "MPR": "a reformat (MPR)", "REFORMATTED": "a reformat"}
+#: SeriesDescriptions of localiser (scout, survey, pilot) series, whatever their ImageType says
+LOCALISER_DESCRIPTION = re.compile(r"locali[sz]er|scout|survey|pilot|(?<![a-z])loc(?![a-z])", re.IGNORECASE)
 _ACQUISITION_CONTRAST = {"FLUID_ATTENUATED": "FLAIR", "T1": "T1", "T2": "T2", "PROTON_DENSITY": "PD"}
 _NO_AGENT = {"", "NONE", "NO", "N/A", "NA", "0"}
 
@@ -174,6 +179,8 @@ def _contrast_of(s: SeriesInfo, members: Sequence[SeriesInfo], post_hint: bool) 
     skip = not_an_input(s.acquisition)
     if skip:
         return None, [skip]
+    if LOCALISER_DESCRIPTION.search(s.description):
+        return None, [f"SeriesDescription {s.description!r}: a localiser"]
     if s.modality and s.modality != "MR":
         return None, [f"Modality {s.modality}: not MR"]
     weight, reasons = weighting(s.acquisition)

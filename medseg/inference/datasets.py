@@ -5,6 +5,7 @@ file)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -15,6 +16,8 @@ from medseg.data.contrasts import identification_json, missing_files, stand_in, 
 from medseg.data.sources import CaseRef, build_source
 from medseg.errors import ConfigError, DataError
 from medseg.inference.runtime import InputCase, Loaded
+
+log = logging.getLogger(__name__)
 
 
 def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: Sequence[str] = ()
@@ -29,7 +32,8 @@ def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: 
         cases: only these cases (empty: all).
 
     Raises:
-        DataError: the source gives other channels, or some ``cases`` are not in the dataset.
+        DataError: the source gives other channels, some ``cases`` are not in the dataset, or there
+            is no case at all (naming the files the source could not read, if any).
     """
     source = build_source(data_cfg, inputs)
     if tuple(source.channels) != tuple(channels):
@@ -42,6 +46,12 @@ def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: 
     missing = wanted - {r.name for r in refs}
     if missing:
         raise DataError(inputs, f"predict.cases {sorted(missing)} are not in the dataset")
+    problems = list(getattr(source, "scan_problems", []))
+    if not refs:
+        raise DataError(inputs, "no case to predict" + (
+            f": {len(problems)} file(s) could not be read, such as {problems[0]}" if problems else ""))
+    if problems:  # stray unreadable files beside the studies: said, not fatal
+        log.warning("%s: %d file(s) could not be read and are left out, such as %s", inputs, len(problems), problems[0])
 
     def loader(ref: CaseRef) -> Callable[[], Loaded]:
         def load() -> Loaded:
@@ -49,10 +59,22 @@ def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: 
             return zero_channels(case.image, source.channels, ref.missing), case.affine, None
         return load
 
-    return ([InputCase(r.name, r.images[0], loader(r), tuple(r.series[0]) if r.series else (),
+    # a case whose problems left it without files (e.g. two candidate series for a channel) fails
+    # alone when loaded, with its problems; its study folder stands for it until then
+    return ([InputCase(r.name, r.images[0] if r.images else _study_folder(r, inputs), loader(r),
+                       tuple(r.series[0]) if r.series else (),
                        missing_channels=r.missing,
                        details={"contrasts": identification_json(r)} if r.identification else {}) for r in refs],
             source.convention)
+
+
+def _study_folder(ref: CaseRef, inputs: Path) -> Path:
+    """The folder a case's problems name first (``PATH: ...``), else the input folder."""
+    for problem in ref.problems:
+        head = Path(problem.split(": ", 1)[0])
+        if head.is_absolute() and head.exists():
+            return head
+    return inputs
 
 
 def with_stand_ins(ref: CaseRef, channels: Sequence[str]) -> CaseRef:

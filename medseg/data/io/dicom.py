@@ -19,12 +19,17 @@ Geometry of a series (single-frame files or one enhanced multi-frame file):
   not lie on the slice normal (gantry tilt) are refused with a message naming the file;
 - RescaleSlope/RescaleIntercept are applied per slice (per frame for enhanced MR);
 - compressed transfer syntaxes are decoded only when a decoder is installed; otherwise the error
-  names the packages to install.
+  names the packages to install;
+- a file without the Part 10 header (no preamble and ``DICM``, as some older exports write it) is
+  read as a bare data set in the encoding pydicom detects; a header value that cannot be what its
+  attribute says (``NumberOfFrames`` ``1A``, a PixelSpacing of 0) is refused naming the file.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,8 +38,13 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from medseg.errors import DataError
+
+# pydicom logs each decoding plugin's failure with its traceback, then raises one RuntimeError that
+# lists them all, which medseg reports as the file's one-line error: the tracebacks are dropped
+logging.getLogger("pydicom.pixels.decoders.base").addFilter(lambda record: record.levelno < logging.ERROR)
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"
@@ -60,10 +70,44 @@ class SeriesInfo:
     acquisition: dict[str, Any] = field(default_factory=dict)
 
 
+def dcmread(path: Path, stop_before_pixels: bool = False) -> Dataset:
+    """``pydicom.dcmread``, also of a bare data set without the Part 10 header (no preamble, no
+    ``DICM``): read with ``force`` in the encoding pydicom detects, which becomes the transfer
+    syntax that the pixel decoders need. Garbage read that way has no SOPClassUID, which the
+    callers refuse."""
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+    if "TransferSyntaxUID" not in ds.file_meta:
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return ds
+
+
+@contextmanager
+def malformed_header(path: Path) -> Iterator[None]:
+    """Turn a header value that cannot be what its attribute says (``int('1A')``, a missing
+    sequence item) into a :class:`DataError` naming ``path``."""
+    try:
+        yield
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
+        raise DataError(path, f"malformed DICOM header ({type(e).__name__}: {e})") from e
+
+
+def _spacing(path: Path, value: Any, tag: str) -> tuple[float, float]:
+    """A two-value spacing attribute as positive finite millimetres."""
+    pair = (float(value[0]), float(value[1]))
+    if not all(np.isfinite(v) and v > 0 for v in pair):
+        raise DataError(path, f"{tag} {pair[0]:g}\\{pair[1]:g} is not a pixel size (mm, positive)")
+    return pair
+
+
 def read_header(path: Path) -> Dataset:
     """Read a DICOM file's header (no pixel data), refusing unreadable or truncated files."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ds = dcmread(path, stop_before_pixels=True)
     except Exception as e:  # noqa: BLE001 - corrupt bytes raise struct.error, NotImplementedError, pydicom's own ...
         raise DataError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from e
     if "SOPClassUID" not in ds and "DirectoryRecordSequence" not in ds:
@@ -104,13 +148,20 @@ def scan(files: Sequence[Path]) -> tuple[list[SeriesInfo], list[str]]:
         uid = str(ds.SeriesInstanceUID)
         info = series.get(uid)
         if info is None:
-            info = series[uid] = SeriesInfo(
-                study_uid=str(ds.get("StudyInstanceUID", "")), series_uid=uid,
-                patient_id=str(ds.get("PatientID", "") or "anonymous"), study_date=str(ds.get("StudyDate", "")),
-                description=str(ds.get("SeriesDescription", "") or ds.get("ProtocolName", "")),
-                modality=str(ds.get("Modality", "")),
-                frame_of_reference=str(ds.get("FrameOfReferenceUID", "")),
-                series_number=_int(ds.get("SeriesNumber", 0)), acquisition=acquisition_attributes(ds))
+            try:
+                with malformed_header(path):
+                    info = SeriesInfo(
+                        study_uid=str(ds.get("StudyInstanceUID", "")), series_uid=uid,
+                        patient_id=str(ds.get("PatientID", "") or "anonymous"),
+                        study_date=str(ds.get("StudyDate", "")),
+                        description=str(ds.get("SeriesDescription", "") or ds.get("ProtocolName", "")),
+                        modality=str(ds.get("Modality", "")),
+                        frame_of_reference=str(ds.get("FrameOfReferenceUID", "")),
+                        series_number=_int(ds.get("SeriesNumber", 0)), acquisition=acquisition_attributes(ds))
+            except DataError as e:
+                problems.append(str(e))
+                continue
+            series[uid] = info
             numbers[uid] = info.series_number
         info.files.append(path)
     ordered = sorted(series.values(), key=lambda s: (s.study_uid, numbers[s.series_uid], s.series_uid))
@@ -281,7 +332,7 @@ def _slices_of(ds: Dataset, path: Path) -> list[_Slice]:
             thick = _first(ds, frame, "PixelMeasuresSequence", "SliceThickness")
             between = _first(ds, frame, "PixelMeasuresSequence", "SpacingBetweenSlices")
             out.append(_Slice(path, i, np.asarray(ipp, float), np.asarray(iop, float),
-                              (float(ps[0]), float(ps[1])), float(slope if slope is not None else 1),
+                              _spacing(path, ps, "PixelSpacing"), float(slope if slope is not None else 1),
                               float(icpt if icpt is not None else 0), float(thick) if thick else None,
                               float(between) if between else None))
         return out
@@ -292,7 +343,7 @@ def _slices_of(ds: Dataset, path: Path) -> list[_Slice]:
             raise DataError(path, f"no {tag}: not a slice of a volume")
     thick, between = ds.get("SliceThickness"), ds.get("SpacingBetweenSlices")
     return [_Slice(path, None, np.asarray(ds.ImagePositionPatient, float), np.asarray(ds.ImageOrientationPatient, float),
-                   (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])),
+                   _spacing(path, ds.PixelSpacing, "PixelSpacing"),
                    float(ds.get("RescaleSlope", 1) or 1), float(ds.get("RescaleIntercept", 0) or 0),
                    float(thick) if thick else None, float(between) if between else None)]
 
@@ -321,14 +372,15 @@ def series_geometry(files: Sequence[Path], max_voxels: int, gap_tol_mm: float = 
     shape = None
     for ds, f in zip(headers, files):
         check_decodable(ds, f)
-        if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-            raise DataError(f, f"colour image (SamplesPerPixel={ds.SamplesPerPixel}); expected greyscale")
-        rc = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
-        if shape is None:
-            shape = rc
-        elif rc != shape:
-            raise DataError(f, f"image size {rc[0]}x{rc[1]} differs from {shape[0]}x{shape[1]} of {files[0].name}")
-        slices.extend(_slices_of(ds, f))
+        with malformed_header(f):
+            if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+                raise DataError(f, f"colour image (SamplesPerPixel={ds.SamplesPerPixel}); expected greyscale")
+            rc = (int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0))
+            if shape is None:
+                shape = rc
+            elif rc != shape:
+                raise DataError(f, f"image size {rc[0]}x{rc[1]} differs from {shape[0]}x{shape[1]} of {files[0].name}")
+            slices.extend(_slices_of(ds, f))
     if shape is None or 0 in shape:
         raise DataError(files[0], "no image rows/columns")
     n_voxels = shape[0] * shape[1] * len(slices)
@@ -421,7 +473,7 @@ def _decode(path: Path, frames: bool = False) -> np.ndarray:
     """The stored pixels of a file; with ``frames``, always ``(frames, rows, columns)`` (pydicom drops
     the frame axis of a one-frame enhanced file)."""
     try:
-        ds = pydicom.dcmread(path)
+        ds = dcmread(path)
         arr = np.asarray(ds.pixel_array)
         return arr[None] if frames and arr.ndim == 2 else arr
     except DataError:
@@ -455,25 +507,10 @@ def read_radiograph(path: Path, voi_lut: bool = False, max_voxels: int = 2**28) 
 
     ds = read_header(path)
     check_decodable(ds, path)
-    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
-    if rows * cols == 0:
-        raise DataError(path, "no image rows/columns")
-    if rows * cols > max_voxels:
-        raise DataError(path, f"image of {rows}x{cols} pixels exceeds the budget of {max_voxels} voxels")
-    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise DataError(path, f"expected a single 2D image, got {ds.NumberOfFrames} frames")
-    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise DataError(path, "colour image; expected a greyscale radiograph")
-    if ds.get("PixelSpacing"):
-        spacing, source = (float(ds.PixelSpacing[0]), float(ds.PixelSpacing[1])), "PixelSpacing"
-    elif ds.get("ImagerPixelSpacing"):
-        mag = float(ds.get("EstimatedRadiographicMagnificationFactor", 1) or 1)
-        spacing = (float(ds.ImagerPixelSpacing[0]) / mag, float(ds.ImagerPixelSpacing[1]) / mag)
-        source = "ImagerPixelSpacing" + (f"/{mag:g}" if mag != 1 else "")
-    else:
-        raise DataError(path, "no PixelSpacing or ImagerPixelSpacing: the pixel size is unknown")
+    with malformed_header(path):
+        spacing, source = _radiograph_geometry(ds, path, max_voxels)
     try:
-        full = pydicom.dcmread(path)
+        full = dcmread(path)
         arr = apply_modality_lut(np.asarray(full.pixel_array), full).astype(np.float32)
         if voi_lut:
             arr = apply_voi_lut(arr, full).astype(np.float32)
@@ -487,3 +524,30 @@ def read_radiograph(path: Path, voi_lut: bool = False, max_voxels: int = 2**28) 
     # PixelSpacing is (between rows, between columns): X (columns) steps by spacing[1]
     return Radiograph(data=np.ascontiguousarray(arr.T), spacing=(spacing[1], spacing[0]),
                       spacing_source=source, photometric=photometric)
+
+
+def _radiograph_geometry(ds: Dataset, path: Path, max_voxels: int) -> tuple[tuple[float, float], str]:
+    """The checks of :func:`read_radiograph` on the header and the pixel size with its source: a
+    PixelSpacing of zero (written by some CR readers for "not calibrated") falls back to
+    ImagerPixelSpacing."""
+    rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+    if rows * cols == 0:
+        raise DataError(path, "no image rows/columns")
+    if rows * cols > max_voxels:
+        raise DataError(path, f"image of {rows}x{cols} pixels exceeds the budget of {max_voxels} voxels")
+    if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+        raise DataError(path, f"expected a single 2D image, got {ds.NumberOfFrames} frames")
+    if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
+        raise DataError(path, "colour image; expected a greyscale radiograph")
+    calibrated = ds.get("PixelSpacing")
+    if calibrated and not all(float(v) == 0 for v in calibrated):
+        return _spacing(path, calibrated, "PixelSpacing"), "PixelSpacing"
+    if ds.get("ImagerPixelSpacing"):
+        mag = float(ds.get("EstimatedRadiographicMagnificationFactor", 1) or 1)
+        if not (np.isfinite(mag) and mag > 0):
+            raise DataError(path, f"EstimatedRadiographicMagnificationFactor {mag:g} is not positive")
+        imager = _spacing(path, ds.ImagerPixelSpacing, "ImagerPixelSpacing")
+        return (imager[0] / mag, imager[1] / mag), "ImagerPixelSpacing" + (f"/{mag:g}" if mag != 1 else "")
+    if calibrated:
+        raise DataError(path, "PixelSpacing is 0\\0 and there is no ImagerPixelSpacing: the pixel size is unknown")
+    raise DataError(path, "no PixelSpacing or ImagerPixelSpacing: the pixel size is unknown")

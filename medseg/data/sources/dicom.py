@@ -145,6 +145,9 @@ class DicomSource(Source):
                         "StudyInstanceUID); those studies' series are identified as without it",
                         self.root, unused[:5] + (["..."] if len(unused) > 5 else []))
         if not refs and not self.scan_problems:
+            if not series:
+                raise DataError(self.root, "no DICOM image series under it (its DICOM files hold no image: "
+                                           "a DICOMDIR index, segmentations, structured reports, RT objects, ...)")
             found = sorted({s.description or "<no description>" for s in series})
             raise DataError(self.root, f"no DICOM series is identified as any of the channels {list(self.channels)} "
                                        f"(by acquisition attributes, patterns "
