@@ -343,3 +343,19 @@ def test_a_file_without_the_part10_header_is_read_in_the_encoding_detected(tmp_p
     bare = read_series(files, 10**8)
     np.testing.assert_array_equal(bare.data, reference.data)
     np.testing.assert_allclose(bare.affine, reference.affine)
+
+
+def test_an_undecodable_file_is_one_error_without_pydicom_s_tracebacks(caplog):
+    """pydicom logs each decoding plugin's failure with its traceback before raising; medseg's
+    one-line error says it all (JPEG-lossy.dcm: 12-bit JPEG Extended, which Pillow cannot decode)."""
+    import logging
+
+    path = PYDICOM_FILES / "JPEG-lossy.dcm"
+    with caplog.at_level(logging.DEBUG):
+        try:
+            read_radiograph(path)
+        except DataError as e:
+            assert str(e).startswith(f"{path}: pixel data cannot be decoded") and "\n" not in str(e)
+        else:
+            pytest.skip("a decoder for 12-bit JPEG Extended is installed")
+    assert not [r for r in caplog.records if r.name.startswith("pydicom") and r.levelno >= logging.ERROR]
