@@ -120,6 +120,10 @@ def test_ensemble_of_identical_models_gives_the_single_model_result(run_dir, tin
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads((tmp_path / "ens" / "predictions.json").read_text())
     assert summary["ensemble"] == [str(copy)] and summary["n_ok"] == 2
+    post = json.loads((art / "metadata.json").read_text())["postprocessing"]
+    assert summary["postprocessing"]["min_enhancing_ml"] == post["min_enhancing_ml"]  # the same evidence twice
+    assert summary["postprocessing"]["min_enhancing_source"] == (
+        f"refitted on the pooled validation cases of the 2 ensemble members ({2 * post['enhancing_fit']['n_cases']} cases)")
     for out in (tmp_path / "ens").glob("*.nii.gz"):
         single = np.asarray(nib.load(run_dir / "predict" / out.name).dataobj)
         np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj), single)

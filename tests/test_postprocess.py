@@ -13,8 +13,8 @@ import torch
 from medseg.config import Device, InferenceConfig
 from medseg.data.labels import LABEL_SETS, LabelSpec
 from medseg.data.preprocess import PreprocessSpec
-from medseg.inference.postprocess import (EnhancingRule, EnhancingSample, enhancing_sample, pooled_enhancing_fit,
-                                          fit_enhancing_threshold)
+from medseg.inference.postprocess import (EnhancingRule, EnhancingSample, enhancing_sample, fit_enhancing_threshold,
+                                          pooled_enhancing_fit)
 from medseg.inference.predictor import CasePredictor
 from medseg.inference.targets import Target
 
@@ -209,17 +209,24 @@ def test_an_ensemble_refits_the_threshold_on_its_members_pooled_validation_cases
     b_perfect = member(0.0, [("B1", 0.4, 0.5, 1.0), ("B2", 7.0, 7.0, 0.9)])
     assert enhancing_threshold(inference, a, [b_perfect])[0] == 0.0  # +1 on A1, -1 on B1: no gain, off
     assert enhancing_threshold(InferenceConfig(device=Device.cpu, min_enhancing_ml=0.2), a, [b]) == \
-        (0.2, "configured (inference.min_enhancing_ml)")
+        (0.2, "configured (inference.min_enhancing_ml, --min-enhancing-ml)")
 
-    legacy = copy.copy(b)  # exported before the samples were recorded
-    legacy.metadata = {**b.metadata, "postprocessing": {**b.metadata["postprocessing"], "enhancing_fit": None}}
-    with caplog.at_level(logging.WARNING, logger="medseg.inference.build"):
-        assert enhancing_threshold(inference, a, [legacy]) == (0.5, "the first ensemble member's (members differ)")
-    assert "thresholds differ (0, 0.5 ml)" in caplog.text
-    assert enhancing_threshold(inference, b, [legacy]) == (0.0, "the ensemble members' common threshold")
+    legacy = copy.copy(b)  # exported before the samples were recorded: a fit without them
+    fit = {k: v for k, v in b.metadata["postprocessing"]["enhancing_fit"].items() if k != "samples"}
+    legacy.metadata = {**b.metadata, "postprocessing": {**b.metadata["postprocessing"], "enhancing_fit": fit}}
+    configured = copy.copy(b)  # exported with a configured threshold: no fit at all
+    configured.metadata = {**b.metadata, "postprocessing": {**b.metadata["postprocessing"], "enhancing_fit": None}}
+    for other in (legacy, configured):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="medseg.inference.build"):
+            assert enhancing_threshold(inference, a, [other]) == (0.5, "the first ensemble member's (members differ)")
+        assert "thresholds differ (0, 0.5 ml)" in caplog.text
+        assert enhancing_threshold(inference, b, [other]) == (0.0, "the ensemble members' common threshold")
 
 
 def test_predict_states_the_threshold_it_applied_and_its_source(run_dir):
+    """predictions.json says which threshold ran and why (an artifact's own fit here; an ensemble's
+    refit in tests/test_e2e.py)."""
     post = json.loads((run_dir / "export" / "artifact" / "metadata.json").read_text())["postprocessing"]
     summary = json.loads((run_dir / "predict" / "predictions.json").read_text())
     assert summary["postprocessing"] == {"min_component_ml": post["min_component_ml"],

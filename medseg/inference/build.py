@@ -35,7 +35,8 @@ def build_predictor(inference: InferenceConfig, *, checkpoint: Path | None = Non
     Args:
         inference: sliding-window settings, device, threads and precision. With an artifact,
             ``min_component_ml=None`` and ``min_enhancing_ml=None`` take the values recorded in the
-            artifact, and the temperature recorded there is applied (``calibrate``); with a
+            artifact (an ensemble refits the enhancing threshold: :func:`enhancing_threshold`), and
+            the temperature recorded there is applied (``calibrate``); with a
             checkpoint ``min_component_ml=None`` keeps every component, ``min_enhancing_ml=None``
             leaves the enhancing rule off until it is fitted
             (:func:`medseg.export.review.fit_enhancing`), and it is uncalibrated
@@ -87,12 +88,10 @@ def _from_artifact(inference: InferenceConfig, artifact: Artifact, ensemble: Seq
     check_ensemble(artifact, ensemble)
     nets = [a.network(backend, device, inference.threads, choice(inference.precision)) for a in (artifact, *ensemble)]
     enhancing_ml, source = enhancing_threshold(inference, artifact, ensemble)
-    predictor = CasePredictor(nets, artifact.spec, artifact.patch_size, Target.from_json(artifact.metadata["output"]),
-                              inference, min_component_ml=min_component_ml(inference, artifact),
-                              min_enhancing_ml=enhancing_ml,
-                              model_cfg=artifact.metadata.get("network"), temperature=temperature(inference, artifact))
-    predictor.enhancing_source = source if predictor.enhancing_rule is not None else "no rule for this label set"
-    return predictor
+    return CasePredictor(nets, artifact.spec, artifact.patch_size, Target.from_json(artifact.metadata["output"]),
+                         inference, min_component_ml=min_component_ml(inference, artifact),
+                         min_enhancing_ml=enhancing_ml, enhancing_source=source,
+                         model_cfg=artifact.metadata.get("network"), temperature=temperature(inference, artifact))
 
 
 def temperature(inference: InferenceConfig, artifact: Artifact) -> list[float] | None:
@@ -123,11 +122,6 @@ def min_component_ml(inference: InferenceConfig, artifact: Artifact) -> float:
     return float(artifact.metadata.get("postprocessing", {}).get("min_component_ml", 0.0))
 
 
-def min_enhancing_ml(inference: InferenceConfig, artifact: Artifact, ensemble: Sequence[Artifact] = ()) -> float:
-    """The small-enhancing threshold ``predict`` applies (:func:`enhancing_threshold`)."""
-    return enhancing_threshold(inference, artifact, ensemble)[0]
-
-
 def enhancing_threshold(inference: InferenceConfig, artifact: Artifact,
                         ensemble: Sequence[Artifact] = ()) -> tuple[float, str]:
     """The small-enhancing threshold and where it comes from.
@@ -140,7 +134,7 @@ def enhancing_threshold(inference: InferenceConfig, artifact: Artifact,
     the first artifact's (with a warning) when they differ.
     """
     if inference.min_enhancing_ml is not None:
-        return float(inference.min_enhancing_ml), "configured (inference.min_enhancing_ml)"
+        return float(inference.min_enhancing_ml), "configured (inference.min_enhancing_ml, --min-enhancing-ml)"
     posts = [a.metadata.get("postprocessing", {}) for a in (artifact, *ensemble)]
     first = float(posts[0].get("min_enhancing_ml", 0.0))
     if not ensemble:
@@ -148,7 +142,7 @@ def enhancing_threshold(inference: InferenceConfig, artifact: Artifact,
     pooled = pooled_enhancing_fit([p.get("enhancing_fit") for p in posts])
     if pooled is not None:
         log.info("small-enhancing threshold refitted on the %d validation cases of the %d ensemble members: "
-                 "%.2f ml (members' own: %s)", pooled["n_cases"], pooled["members"], pooled["min_enhancing_ml"],
+                 "%g ml (members' own: %s)", pooled["n_cases"], pooled["members"], pooled["min_enhancing_ml"],
                  ", ".join(f"{float(p.get('min_enhancing_ml', 0.0)):g}" for p in posts))
         return float(pooled["min_enhancing_ml"]), (f"refitted on the pooled validation cases of the "
                                                    f"{pooled['members']} ensemble members ({pooled['n_cases']} cases)")

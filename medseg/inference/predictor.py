@@ -72,6 +72,7 @@ class CasePredictor:
             this (ml; 0: off; :mod:`medseg.inference.postprocess`); ``None``:
             ``inference.min_enhancing_ml`` (``None`` there too: off). Ignored by label sets without
             an enhancing tumour inside a tumour core.
+        enhancing_source: where ``min_enhancing_ml`` came from (recorded in ``predictions.json``).
         model_cfg: the network's config (channels, strides) for the activation-memory estimate.
         temperature: one temperature per output channel, applied to the averaged probabilities
             (:mod:`medseg.inference.calibration`); ``None``: uncalibrated.
@@ -90,7 +91,7 @@ class CasePredictor:
     def __init__(self, net: Network | Sequence[Network], spec: PreprocessSpec, patch_size: Sequence[int],
                  target: Target, inference: InferenceConfig | None = None, *,
                  min_component_ml: float | None = None, min_enhancing_ml: float | None = None,
-                 model_cfg: Mapping[str, Any] | None = None,
+                 enhancing_source: str = "set by the caller", model_cfg: Mapping[str, Any] | None = None,
                  temperature: Sequence[float] | None = None, uncertainty: bool = False) -> None:
         inference = InferenceConfig() if inference is None else inference
         self.nets = list(net) if isinstance(net, Sequence) else [net]
@@ -108,7 +109,7 @@ class CasePredictor:
         self.enhancing_rule = EnhancingRule.for_labels(target.labels)
         # 0 where the label set has no rule, so that what is recorded is what was applied
         self.min_enhancing_ml = float(min_enhancing_ml or 0.0) if self.enhancing_rule is not None else 0.0
-        self.enhancing_source = "set by the caller"  # build_predictor says where an artifact's came from
+        self.enhancing_source = enhancing_source if self.enhancing_rule is not None else "no rule for this label set"
         self.max_memory_gb = None if inference.max_memory_gb is None else float(inference.max_memory_gb)
         self.stitch_dtype = getattr(torch, choice(inference.stitch_dtype))
         self.window_bytes = inference_window_bytes(self.patch_size, model_cfg, len(spec.channels),
