@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from medseg.data.contrasts import choose, identify_series, weighting
+from medseg.data.contrasts import LOCALISER_DESCRIPTION, choose, identify_series, weighting
 from medseg.data.io.dicom import scan
 from medseg.data.sources import make_source
 from medseg.data.sources.base import walk_files
@@ -237,8 +238,6 @@ def test_weighting_rules(attrs, expected):
 
 def test_localisers_derived_and_projection_images_are_not_inputs(studies):
     series, _ = scan(walk_files(studies / "dicom" / "SUBJ001"))
-    import re
-
     patterns = {c: re.compile(p, re.I) for c, p in {"FLAIR": "flair", "T1w": "t1", "t1gd": "gd", "T2w": "t2"}.items()}
     loc = next(s for s in series if s.series_number == 1)
     flair = next(s for s in series if s.series_number == 2)
@@ -280,16 +279,35 @@ def test_a_localiser_named_only_by_its_description_is_not_an_input(studies, tmp_
     assert not ref.problems, ref.problems
     chosen = {c: n for c, _, n, _, _ in ref.identification}
     assert chosen == NUMBERS
-    got = identify_series(series, list(NUMBERS), {c: __import__("re").compile(c, 2) for c in NUMBERS})
+    got = identify_series(series, list(NUMBERS), {c: re.compile(c, re.IGNORECASE) for c in NUMBERS})
     assert next(x for x in got if x.series is loc).reasons == [f"SeriesDescription {description!r}: a localiser"]
+
+
+@pytest.mark.parametrize("description", ["t1_mprage_sag_p2_iso", "Ax T2 FLAIR", "sT1W_3D_TFE", "AX T1 SE +C",
+                                         "T2 BLADE", "COR T1 POST", "FLAIR_LONG_TR", "t2_tse_dark-fluid_tra",
+                                         "Ax 3D BRAVO", "t1_se_tra_Gd", "T2W_TSE", "Clinical T1 block"])
+def test_contrast_series_names_are_not_localisers(description):
+    assert not LOCALISER_DESCRIPTION.search(description)
+
+
+def test_a_protocol_name_never_makes_every_series_a_localiser(studies, tmp_path):
+    """Without SeriesDescription (de-identified data) the description falls back to ProtocolName,
+    which GE writes for the whole exam ("BRAIN TUMOR PILOT"): it must not leave every series out."""
+    root = shutil.copytree(studies, tmp_path / "dcm")
+    for f in (root / "dicom" / "SUBJ006").rglob("IM*"):
+        ds = pydicom.dcmread(f)
+        ds.SeriesDescription, ds.ProtocolName = "", "BRAIN TUMOR PILOT"
+        ds.save_as(f)
+    ref = next(r for r in make_source("dicom", str(root)).cases() if r.name == "SUBJ006")
+    assert {c for c, *_ in ref.identification} == set(NUMBERS), ref.problems
 
 
 def test_predict_fails_an_ambiguous_study_alone_and_refuses_a_folder_without_a_case(studies, tmp_path):
     """An ambiguous study has no files chosen: it fails alone with its problem (was an IndexError
     while listing the cases); a folder whose DICOM files cannot be read is an error that says so
     (was an exit 0 with no case)."""
-    from medseg.inference.datasets import dicom_inputs
     from medseg.errors import InvalidCase
+    from medseg.inference.datasets import dicom_inputs
 
     root = shutil.copytree(studies, tmp_path / "dcm")
     post = next((root / "dicom" / "SUBJ006").glob("*/SE004"))

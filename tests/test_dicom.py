@@ -359,3 +359,54 @@ def test_an_undecodable_file_is_one_error_without_pydicom_s_tracebacks(caplog):
         else:
             pytest.skip("a decoder for 12-bit JPEG Extended is installed")
     assert not [r for r in caplog.records if r.name.startswith("pydicom") and r.levelno >= logging.ERROR]
+
+
+
+def test_bare_data_sets_are_found_by_their_first_element_and_other_files_are_not_forced(tmp_path):
+    """scan finds a bare data set without a DICOM suffix by its first element (group 0008); a
+    ``.dcm`` file that is neither Part 10 nor a data set is refused at once, not parsed with force,
+    and a README or a PNG is no DICOM file."""
+    from medseg.data.io.dicom import looks_like_dicom, scan
+
+    files = _series(tmp_path)
+    for f in files:
+        ds = pydicom.dcmread(f)
+        ds.file_meta, ds.preamble = pydicom.dataset.FileMetaDataset(), None
+        f.unlink()
+        ds.save_as(f.parent / f"bare{f.name}", enforce_file_format=False, implicit_vr=False, little_endian=True)
+    junk = tmp_path / "s" / "zeros.dcm"
+    junk.write_bytes(b"\0" * 4096)
+    (tmp_path / "s" / "README").write_text("DICOM files of one series\n")
+    (tmp_path / "s" / "mask.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)
+    found = sorted((tmp_path / "s").iterdir())
+    series, problems = scan(found)
+    assert len(series) == 1 and len(series[0].files) == len(files)
+    assert problems == [f"{junk}: not a readable DICOM file (InvalidDicomError: File is missing DICOM File Meta "
+                        f"Information header or the 'DICM' prefix is missing from the header. Use force=True to "
+                        f"force reading.)"]
+    assert not looks_like_dicom(tmp_path / "s" / "README") and not looks_like_dicom(tmp_path / "s" / "mask.png")
+    assert read_series(series[0].files, 10**8).data.shape == (6, 5, len(files))
+
+
+def test_a_series_with_an_unreadable_header_fails_with_it(tmp_path, monkeypatch):
+    """A file whose header cannot be parsed while the series is grouped is not dropped from it
+    unnoticed (a volume one slice short): the series carries the problem."""
+    from medseg.data.io import dicom
+
+    files = sorted(_series(tmp_path))
+    real = dicom.acquisition_attributes
+
+    def first_is_malformed(ds):
+        if str(ds.SOPInstanceUID) == str(pydicom.dcmread(files[0], stop_before_pixels=True).SOPInstanceUID):
+            raise ValueError("invalid literal for float(): '3,5'")
+        return real(ds)
+
+    monkeypatch.setattr(dicom, "acquisition_attributes", first_is_malformed)
+    series, problems = dicom.scan(files)
+    assert len(series) == 1 and files[0] not in series[0].files
+    assert series[0].problems == problems == [f"{files[0]}: malformed DICOM header (ValueError: invalid literal for "
+                                              f"float(): '3,5')"]
+    from medseg.data.sources import make_source
+
+    ref = make_source("dicom", str(files[0].parent), channels=["T1w"]).cases()[0]  # the case fails with it
+    assert ref.images and series[0].problems[0] in ref.problems

@@ -205,6 +205,17 @@ def test_dicom_input_writes_dicom_seg_referencing_the_series(artifact, tmp_path)
     assert np.allclose(nib.load(batch["cases"][0]["output"]).affine, nib.load(case["output"]).affine)
     assert hd.seg.segread(batch["cases"][0]["dicom_seg"]).ReferencedSeriesSequence[0].SeriesInstanceUID \
         == first.SeriesInstanceUID
+    # the same studies as bare data sets (no preamble, no file meta; IM0000 ...: no suffix), as some
+    # older exports write them: found, read and referenced by the SEG the same way
+    for f in (data / "dicom").rglob("IM*"):
+        ds = pydicom.dcmread(f)
+        ds.file_meta, ds.preamble = pydicom.dataset.FileMetaDataset(), None
+        ds.save_as(f, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    proc = _batch([str(artifact), str(data / "dicom"), str(tmp_path / "bare")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    bare = json.loads((tmp_path / "bare" / "predictions.json").read_text())["cases"][0]
+    assert np.array_equal(np.asarray(nib.load(bare["output"]).dataobj), label)
+    assert hd.seg.segread(bare["dicom_seg"]).ReferencedSeriesSequence[0].SeriesInstanceUID == first.SeriesInstanceUID
     empty = tmp_path / "nothing"
     (empty / "sub").mkdir(parents=True)
     (empty / "sub" / "notes.txt").write_text("no images here")
@@ -316,3 +327,29 @@ def test_int8_onnx_model_runs(artifact, tiny_dataset, tmp_path):
     out, ref = net(x), full(x)
     assert out.shape == ref.shape and torch.isfinite(out).all()
     assert (out.argmax(1) == ref.argmax(1)).float().mean() > 0.5
+
+
+def test_a_case_that_raises_anything_fails_alone(artifact, tiny_dataset, tmp_path):
+    """An error nobody foresaw (here a ValueError from a loader) is that case's one-line failure;
+    the batch finishes the other cases and writes its summary."""
+    from medseg.config import Device, InferenceConfig
+    from medseg.errors import PartialFailure
+    from medseg.inference.build import build_predictor
+    from medseg.inference.layouts import discover_inputs
+    from medseg.inference.runtime import InputCase, run_batch
+
+    art = load_artifact(artifact)
+    items, _ = discover_inputs(tiny_dataset / "imagesTs", "auto", art.spec.channels)
+
+    def boom():
+        raise ValueError("an unforeseen library error")
+
+    items.insert(0, InputCase("odd", tiny_dataset / "imagesTs", boom))
+    predictor = build_predictor(InferenceConfig(device=Device.cpu), artifact=art)
+    with pytest.raises(PartialFailure, match="odd|imagesTs"):
+        run_batch(items, predictor, art, tmp_path, dicom_seg=False)
+    summary = json.loads((tmp_path / "predictions.json").read_text())
+    status = {c["case"]: c["status"] for c in summary["cases"]}
+    assert status.pop("odd") == "failed" and set(status.values()) == {"ok"} and len(status) == len(items) - 1
+    error = next(c["error"] for c in summary["cases"] if c["case"] == "odd")
+    assert "ValueError: an unforeseen library error" in error and "\n" not in error

@@ -179,8 +179,9 @@ def _contrast_of(s: SeriesInfo, members: Sequence[SeriesInfo], post_hint: bool) 
     skip = not_an_input(s.acquisition)
     if skip:
         return None, [skip]
-    if LOCALISER_DESCRIPTION.search(s.description):
-        return None, [f"SeriesDescription {s.description!r}: a localiser"]
+    described = str(s.acquisition.get("SeriesDescription") or "")  # never ProtocolName: one for every series
+    if LOCALISER_DESCRIPTION.search(described):
+        return None, [f"SeriesDescription {described!r}: a localiser"]
     if s.modality and s.modality != "MR":
         return None, [f"Modality {s.modality}: not MR"]
     weight, reasons = weighting(s.acquisition)

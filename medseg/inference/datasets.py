@@ -60,21 +60,12 @@ def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: 
         return load
 
     # a case whose problems left it without files (e.g. two candidate series for a channel) fails
-    # alone when loaded, with its problems; its study folder stands for it until then
-    return ([InputCase(r.name, r.images[0] if r.images else _study_folder(r, inputs), loader(r),
+    # alone when loaded, with its problems; its study folder names it until then
+    return ([InputCase(r.name, r.images[0] if r.images else r.folder or inputs, loader(r),
                        tuple(r.series[0]) if r.series else (),
                        missing_channels=r.missing,
                        details={"contrasts": identification_json(r)} if r.identification else {}) for r in refs],
             source.convention)
-
-
-def _study_folder(ref: CaseRef, inputs: Path) -> Path:
-    """The folder a case's problems name first (``PATH: ...``), else the input folder."""
-    for problem in ref.problems:
-        head = Path(problem.split(": ", 1)[0])
-        if head.is_absolute() and head.exists():
-            return head
-    return inputs
 
 
 def with_stand_ins(ref: CaseRef, channels: Sequence[str]) -> CaseRef:

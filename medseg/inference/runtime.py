@@ -206,6 +206,18 @@ def review_page(path: Path, items: Sequence[InputCase], results: Sequence[dict[s
     return {"path": str(path), **asdict(stats)}
 
 
+def failed_case(item: InputCase, error: Exception) -> dict[str, Any]:
+    """The ``predictions.json`` record of a case that raised ``error``: medseg's own errors and
+    memory exhaustion, or a library's error on data nobody foresaw, in one line naming the file
+    (the traceback of an unforeseen one only in the debug log)."""
+    if not isinstance(error, (MedsegError, MemoryError)):
+        log.debug("predict %s: unexpected %s", item.name, type(error).__name__, exc_info=True)
+    error = case_error(item.path, error)
+    log.error("predict %s failed: %s", item.name, error)
+    missing = {"missing_channels": list(item.missing_channels)} if item.missing_channels else {}
+    return {"case": item.name, "status": "failed", "error": str(error), **missing}
+
+
 def run_batch(items: Sequence[InputCase], predictor: CasePredictor, art: Artifact, out_dir: Path, *,
               skip_existing: bool = True, dicom_seg: bool | None = None, extra: dict[str, Any] | None = None,
               coding: str = "msd", uncertainty: bool = False, review: ViewerBounds | None = None,
@@ -244,11 +256,8 @@ def run_batch(items: Sequence[InputCase], predictor: CasePredictor, art: Artifac
             continue
         try:
             results.append(predict_case(item, predictor, art, out_dir, seg, coding, uncertainty))
-        except (MedsegError, MemoryError) as e:  # memory exhaustion is one case's failure too
-            e = case_error(item.path, e)
-            log.error("predict %s failed: %s", item.name, e)
-            missing = {"missing_channels": list(item.missing_channels)} if item.missing_channels else {}
-            results.append({"case": item.name, "status": "failed", "error": str(e), **missing})
+        except Exception as e:  # noqa: BLE001 - one case's failure, whatever raised it, never the batch's
+            results.append(failed_case(item, e))
     failed = [r for r in results if r["status"] == "failed"]
     codes = {code: art.labels.labels[k] for k, code in output_codes(coding).items() if k in art.labels.labels}
     summary = {"artifact": str(art.path), **(extra or {}), "shard": shard, "labels": coding,

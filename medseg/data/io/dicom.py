@@ -68,16 +68,20 @@ class SeriesInfo:
     series_number: int = 0
     #: acquisition attributes of the series' first file (:func:`acquisition_attributes`)
     acquisition: dict[str, Any] = field(default_factory=dict)
+    #: files of the series whose header could not be read (a case that chooses it fails with them)
+    problems: list[str] = field(default_factory=list)
 
 
 def dcmread(path: Path, stop_before_pixels: bool = False) -> Dataset:
     """``pydicom.dcmread``, also of a bare data set without the Part 10 header (no preamble, no
-    ``DICM``): read with ``force`` in the encoding pydicom detects, which becomes the transfer
-    syntax that the pixel decoders need. Garbage read that way has no SOPClassUID, which the
-    callers refuse."""
+    ``DICM``; :func:`_bare_data_set` tells it from other files by its first element): read with
+    ``force`` in the encoding pydicom detects, which becomes the transfer syntax that the pixel
+    decoders need."""
     try:
         return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except InvalidDicomError:
+        if not _bare_data_set(_head(path)):
+            raise
         ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
     if "TransferSyntaxUID" not in ds.file_meta:
         implicit, little = ds.original_encoding
@@ -92,7 +96,7 @@ def malformed_header(path: Path) -> Iterator[None]:
     sequence item) into a :class:`DataError` naming ``path``."""
     try:
         yield
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, OverflowError) as e:
+    except (ValueError, TypeError, IndexError, OverflowError) as e:  # a value that does not parse, a short list
         raise DataError(path, f"malformed DICOM header ({type(e).__name__}: {e})") from e
 
 
@@ -126,6 +130,7 @@ def scan(files: Sequence[Path]) -> tuple[list[SeriesInfo], list[str]]:
     """
     series: dict[str, SeriesInfo] = {}
     numbers: dict[str, int] = {}
+    broken: dict[str, list[str]] = {}
     problems = []
     for path in files:
         if not looks_like_dicom(path):
@@ -158,12 +163,16 @@ def scan(files: Sequence[Path]) -> tuple[list[SeriesInfo], list[str]]:
                         modality=str(ds.get("Modality", "")),
                         frame_of_reference=str(ds.get("FrameOfReferenceUID", "")),
                         series_number=_int(ds.get("SeriesNumber", 0)), acquisition=acquisition_attributes(ds))
-            except DataError as e:
+            except DataError as e:  # the series must not lose a slice unnoticed: it fails with this file
                 problems.append(str(e))
+                broken.setdefault(uid, []).append(str(e))
                 continue
             series[uid] = info
             numbers[uid] = info.series_number
         info.files.append(path)
+    for uid, messages in broken.items():
+        if uid in series:
+            series[uid].problems.extend(messages)
     ordered = sorted(series.values(), key=lambda s: (s.study_uid, numbers[s.series_uid], s.series_uid))
     return ordered, problems
 
@@ -229,6 +238,7 @@ def acquisition_attributes(ds: Dataset) -> dict[str, Any]:
         "ContrastBolusRoute": str(ds.get("ContrastBolusRoute", "") or "").strip(),
         "SeriesTime": str(ds.get("SeriesTime", "") or ds.get("AcquisitionTime", "") or "").strip(),
         "MRAcquisitionType": str(ds.get("MRAcquisitionType", "") or "").upper(),
+        "SeriesDescription": str(ds.get("SeriesDescription", "") or "").strip(),
     }
 
 
@@ -241,14 +251,35 @@ def _agent(ds: Dataset) -> str:
     return agent
 
 
-def looks_like_dicom(path: Path) -> bool:
-    """A Part 10 file (``DICM`` after the 128-byte preamble) or a ``.dcm``/``.dicom``/``.ima`` name."""
+def _head(path: Path) -> bytes:
+    """The first 132 bytes of a file (fewer for a shorter one; none when unreadable)."""
     try:
         with open(path, "rb") as f:
-            head = f.read(132)
+            return f.read(132)
     except OSError:
+        return b""
+
+
+def _bare_data_set(head: bytes) -> bool:
+    """A data set without the Part 10 header starts with an element of group 0x0008 (the first one
+    a composite object has, e.g. SpecificCharacterSet or ImageType; dcmtk sniffs the same way),
+    in little or big endian, with an explicit VR of two capital letters or an implicit length."""
+    if len(head) < 8:
         return False
-    return len(head) == 132 and head[128:132] == b"DICM" or path.suffix.lower() in {".dcm", ".dicom", ".ima"}
+    if head[:2] not in (b"\x08\x00", b"\x00\x08"):
+        return False
+    vr = head[4:6]
+    explicit = vr.isalpha() and vr.isupper()
+    length = int.from_bytes(head[4:8], "little" if head[:2] == b"\x08\x00" else "big")
+    return explicit or length < 2**16
+
+
+def looks_like_dicom(path: Path) -> bool:
+    """A Part 10 file (``DICM`` after the 128-byte preamble), a bare data set (:func:`_bare_data_set`)
+    or a ``.dcm``/``.dicom``/``.ima`` name."""
+    head = _head(path)
+    return (len(head) == 132 and head[128:132] == b"DICM" or _bare_data_set(head)
+            or path.suffix.lower() in {".dcm", ".dicom", ".ima"})
 
 
 def is_dicom_image(path: Path) -> bool:

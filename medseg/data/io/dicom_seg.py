@@ -20,10 +20,9 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 
-from medseg.data.io.dicom import series_geometry
+from medseg.data.io.dicom import dcmread, series_geometry
 from medseg.errors import ConfigError, DataError
 from medseg.utils.files import atomic_path
 
@@ -108,7 +107,10 @@ def _source_frames(label: np.ndarray, series_files: Sequence[Path], max_voxels: 
         raise DataError(series_files[0], f"label map {label.shape} is not on the series grid "
                                          f"{(cols, rows, len(slices))}")
     paths = list(dict.fromkeys(s.path for s in slices))
-    datasets = {p: pydicom.dcmread(p) for p in paths}
+    try:
+        datasets = {p: dcmread(p) for p in paths}  # bare data sets too, as the series was read
+    except Exception as e:  # noqa: BLE001 - the file was read a moment ago: changed or removed since
+        raise DataError(paths[0], f"cannot read the source series again ({type(e).__name__}: {e})") from e
     for ds in datasets.values():
         for keyword in TYPE2:
             if keyword not in ds:

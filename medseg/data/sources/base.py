@@ -42,6 +42,7 @@ class CaseRef:
         missing: channels the case lacks (a study without that series, a folder without that
             file); their slot in ``images``/``series`` holds another channel's files as a stand-in
             for the grid, and the loaded channel is zero (see :func:`medseg.data.contrasts.zero_channels`).
+        folder: DICOM only: the study's folder (what names a case whose problems left it no files).
     """
 
     name: str
@@ -52,6 +53,7 @@ class CaseRef:
     series: tuple[tuple[Path, ...], ...] = ()
     identification: tuple[tuple[str, str, int, str, tuple[str, ...]], ...] = ()
     missing: tuple[str, ...] = ()
+    folder: Path | None = None
 
     @property
     def files(self) -> tuple[Path, ...]:

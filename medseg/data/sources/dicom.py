@@ -19,6 +19,7 @@ its mask is ``mask_dir/{case}.png`` or ``.nii.gz`` (binary, 0/1 or 0/255). Image
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -145,6 +146,8 @@ class DicomSource(Source):
                         "StudyInstanceUID); those studies' series are identified as without it",
                         self.root, unused[:5] + (["..."] if len(unused) > 5 else []))
         if not refs and not self.scan_problems:
+            if not series and not any(looks_like_dicom(f) for f in walk_files(self.root, skip=skip)):
+                raise DataError(self.root, "no DICOM file under it")
             if not series:
                 raise DataError(self.root, "no DICOM image series under it (its DICOM files hold no image: "
                                            "a DICOMDIR index, segmentations, structured reports, RT objects, ...)")
@@ -158,10 +161,14 @@ class DicomSource(Source):
     def _case(self, name: str, uid: str, members: list[SeriesInfo]) -> CaseRef | None:
         """The case of one study, or ``None`` when no series of it is a candidate for any channel."""
         chosen, problems, reasons, candidates = self._assign(name, uid, members)
-        if not candidates:
-            return None  # nothing of interest in this study (e.g. a localiser-only study)
+        folder = Path(os.path.commonpath([f.parent for m in members for f in m.files]))
+        if not candidates:  # nothing of interest in this study (e.g. a localiser-only study)
+            log.warning("%s: study %s left out: no series is identified as any of the channels (series: %s)",
+                        folder, name, sorted({m.description or "<no description>" for m in members}))
+            return None
         missing = tuple(c for c in self.channels if f"missing:{c}" in problems)
         errors = [m for k, m in problems.items() if not (self.allow_missing and k.startswith("missing:"))]
+        errors += [p for c in chosen if c is not None for p in c.problems]  # a file of the series was unreadable
         frames = {c.frame_of_reference for c in chosen if c is not None}
         if len(frames) > 1:
             first = next(c for c in chosen if c is not None)
@@ -171,7 +178,7 @@ class DicomSource(Source):
         label = self.label_dir / f"{name}.nii.gz" if self.label_dir else None
         ref = CaseRef(name=name, images=tuple(f for g in groups for f in g),
                       label=label if label is not None and label.exists() else None,
-                      problems=tuple(errors), series=groups, identification=tuple(reasons))
+                      problems=tuple(errors), series=groups, identification=tuple(reasons), folder=folder)
         if self.allow_missing and missing and not errors and len(missing) < len(self.channels):
             ref = stand_in(ref, self.channels, missing)
         return ref
