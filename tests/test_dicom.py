@@ -289,6 +289,7 @@ def test_single_slice_step_is_spacing_between_slices_then_thickness(tmp_path, be
 
 # --- headers as real files write them (found by feeding every pydicom / pydicom-data sample to predict) --
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR IS")  # pydicom's own word on the same value
 def test_a_malformed_header_value_is_refused_naming_the_file():
     """pydicom's badVR.dcm: NumberOfFrames '1A' (IS). Was a raw ValueError from int()."""
     from medseg.data.io.dicom import scan, series_geometry
