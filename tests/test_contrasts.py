@@ -304,9 +304,10 @@ def test_a_protocol_name_never_makes_every_series_a_localiser(studies, tmp_path)
 
 def test_predict_fails_an_ambiguous_study_alone_and_refuses_a_folder_without_a_case(studies, tmp_path):
     """An ambiguous study has no files chosen: it fails alone with its problem (was an IndexError
-    while listing the cases); a folder whose DICOM files cannot be read is an error that says so
-    (was an exit 0 with no case)."""
-    from medseg.errors import InvalidCase
+    while listing the cases); an unreadable file beside the studies is a failed entry of the batch
+    (was a warning and an exit 0); a folder whose DICOM files cannot be read is an error that says
+    so (was an exit 0 with no case)."""
+    from medseg.errors import InvalidCase, MedsegError
     from medseg.inference.datasets import dicom_inputs
 
     root = shutil.copytree(studies, tmp_path / "dcm")
@@ -317,8 +318,11 @@ def test_predict_fails_an_ambiguous_study_alone_and_refuses_a_folder_without_a_c
         ds.save_as(f)
     for series in ("SE002", "SE005"):  # and no FLAIR, no T2: no file is left to the case
         shutil.rmtree(post.parent / series)
+    (root / "dicom" / "stray.dcm").write_bytes(b"\0" * 400)  # an unreadable file beside the studies
     items = {i.name: i for i in dicom_inputs(root, list(NUMBERS))}
-    assert len(items) == len(DICOM_STYLES)
+    assert len(items) == len(DICOM_STYLES) + 1
+    with pytest.raises(MedsegError, match=r"stray.dcm: not a readable DICOM file"):  # a failed entry of the batch
+        items["unreadable-file-1"].load()
     bad = items["SUBJ006"]
     assert bad.path.is_dir() and bad.path.is_relative_to(post.parent) and not bad.dicom_series  # its problem names it
     with pytest.raises(InvalidCase, match="2 series are candidates"):

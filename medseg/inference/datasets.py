@@ -14,7 +14,7 @@ from typing import Any
 from medseg.config import DataConfig, SourceKind, choice
 from medseg.data.contrasts import identification_json, missing_files, stand_in, zero_channels
 from medseg.data.sources import CaseRef, build_source
-from medseg.errors import ConfigError, DataError
+from medseg.errors import ConfigError, DataError, MedsegError
 from medseg.inference.runtime import InputCase, Loaded
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,9 @@ def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: 
         inputs: the dataset folder.
         channels: the channels the model expects, in order.
         cases: only these cases (empty: all).
+
+    Files the source could not read (``scan_problems``) follow the cases as entries that fail
+    with their message (:func:`unreadable_file`), unless ``cases`` picks cases by name.
 
     Raises:
         DataError: the source gives other channels, some ``cases`` are not in the dataset, or there
@@ -50,8 +53,8 @@ def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: 
     if not refs:
         raise DataError(inputs, "no case to predict" + (
             f": {len(problems)} file(s) could not be read, such as {problems[0]}" if problems else ""))
-    if problems:  # stray unreadable files beside the studies: said, not fatal
-        log.warning("%s: %d file(s) could not be read and are left out, such as %s", inputs, len(problems), problems[0])
+    if problems:  # unreadable files beside the studies: each a failed entry of the batch, the cases go on
+        log.warning("%s: %d file(s) could not be read, such as %s", inputs, len(problems), problems[0])
 
     def loader(ref: CaseRef) -> Callable[[], Loaded]:
         def load() -> Loaded:
@@ -61,11 +64,21 @@ def dataset_inputs(data_cfg: Any, inputs: Path, channels: Sequence[str], cases: 
 
     # a case whose problems left it without files (e.g. two candidate series for a channel) fails
     # alone when loaded, with its problems; its study folder names it until then
-    return ([InputCase(r.name, r.images[0] if r.images else r.folder or inputs, loader(r),
+    items = [InputCase(r.name, r.images[0] if r.images else r.folder or inputs, loader(r),
                        tuple(r.series[0]) if r.series else (),
                        missing_channels=r.missing,
-                       details={"contrasts": identification_json(r)} if r.identification else {}) for r in refs],
-            source.convention)
+                       details={"contrasts": identification_json(r)} if r.identification else {}) for r in refs]
+    return items + [unreadable_file(i, problem, inputs) for i, problem in enumerate(problems, start=1)
+                    if not wanted], source.convention
+
+
+def unreadable_file(number: int, problem: str, inputs: Path) -> InputCase:
+    """A file the source could not read (``problem`` names it), as a batch entry that fails with
+    that message: reported in ``predictions.json`` and in the exit status like a bad case, while
+    the cases around it are predicted."""
+    def load() -> Loaded:
+        raise MedsegError(problem)
+    return InputCase(f"unreadable-file-{number}", inputs, load)
 
 
 def with_stand_ins(ref: CaseRef, channels: Sequence[str]) -> CaseRef:
