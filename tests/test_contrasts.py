@@ -335,3 +335,25 @@ def test_predict_fails_an_ambiguous_study_alone_and_refuses_a_folder_without_a_c
     with pytest.raises(DataError, match=r"junk: no case to predict: 1 file\(s\) could not be read, such as .*a.dcm: "
                                         r"not a readable DICOM file"):
         dicom_inputs(junk, list(NUMBERS))
+
+
+def test_what_a_folder_without_a_case_holds_is_said(tmp_path, caplog):
+    """Three reasons, three messages: no DICOM file at all, DICOM files without an image (an
+    RTSTRUCT), and a study whose series are none of the channels (a localiser alone: also logged)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("nothing here")
+    with pytest.raises(DataError, match=r"empty: no DICOM file under it$"):
+        make_source("dicom", str(empty)).cases()
+    rt = tmp_path / "rt"
+    rt.mkdir()
+    shutil.copy(Path(pydicom.__file__).parent / "data" / "test_files" / "rtstruct.dcm", rt)
+    with pytest.raises(DataError, match=r"rt: no DICOM image series under it"):
+        make_source("dicom", str(rt)).cases()
+    root = write_dicom_dataset(tmp_path / "dcm", SynthConfig(n=1, spacing=12.0, fov_mm=(96.0, 108.0, 84.0)),
+                               workers=1, styles=("none",))
+    for series in (root / "dicom").glob("*/*/SE00[2-5]"):
+        shutil.rmtree(series)
+    with caplog.at_level(logging.WARNING, logger="medseg.data.sources.dicom"), pytest.raises(DataError):
+        make_source("dicom", str(root)).cases()
+    assert "left out: no series is identified as any of the channels" in caplog.text

@@ -411,3 +411,20 @@ def test_a_series_with_an_unreadable_header_fails_with_it(tmp_path, monkeypatch)
 
     ref = make_source("dicom", str(files[0].parent), channels=["T1w"]).cases()[0]  # the case fails with it
     assert ref.images and series[0].problems[0] in ref.problems
+
+
+def test_the_bare_data_set_sniff_reads_both_byte_orders_and_both_vr_encodings(tmp_path):
+    """The first element of a bare data set, as each encoding writes it, and what it is not."""
+    from medseg.data.io.dicom import _bare_data_set
+
+    files = _series(tmp_path, n=2)
+    ds = pydicom.dcmread(files[0])
+    ds.file_meta, ds.preamble = pydicom.dataset.FileMetaDataset(), None
+    for implicit, little in ((True, True), (False, True), (False, False)):
+        out = tmp_path / f"bare_{implicit}_{little}"
+        pydicom.dcmwrite(out, ds, enforce_file_format=False, implicit_vr=implicit, little_endian=little,
+                         force_encoding=True)
+        assert _bare_data_set(out.read_bytes()[:132]), (implicit, little)
+    assert not _bare_data_set(files[0].read_bytes()[:132])  # Part 10: a preamble of zeros first
+    assert not _bare_data_set(b"\x08\x00\x08\x00")  # too short to tell
+    assert not _bare_data_set(b"%PDF-1.7\n" + b"\0" * 64)
